@@ -1,0 +1,77 @@
+"""Pure compute for napari-unet: no Qt, napari or magicgui imports.
+
+Names are re-exported lazily, so ``import napari_unet.core`` stays cheap and
+torch is only imported when a torch-backed name is first used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "UNet": "model",
+    "UNetConfig": "model",
+    "valid_input_size": "model",
+    "output_size": "model",
+    "save_model": "checkpoint",
+    "load_model": "checkpoint",
+    "ModelFileError": "checkpoint",
+    "normalize": "preprocess",
+    "Normalization": "preprocess",
+    "select_device": "device",
+    "predict_tiled": "tiling",
+    "iter_predict_tiled": "tiling",
+    "TileProgress": "tiling",
+    "probabilities_to_labels": "postprocess",
+    "unet_weight_map": "weightmap",
+    "elastic_deform": "augment",
+    "augment_sample": "augment",
+    "weighted_cross_entropy": "losses",
+    "iter_train": "training",
+    "train": "training",
+    "TrainConfig": "training",
+    "TrainProgress": "training",
+    "TrainResult": "training",
+    "instance_scores": "metrics",
+    "foreground_iou": "metrics",
+    "predict_dask": "distributed",
+    "open_image": "io",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from napari_unet.core.augment import augment_sample, elastic_deform
+    from napari_unet.core.checkpoint import ModelFileError, load_model, save_model
+    from napari_unet.core.device import select_device
+    from napari_unet.core.distributed import predict_dask
+    from napari_unet.core.io import open_image
+    from napari_unet.core.losses import weighted_cross_entropy
+    from napari_unet.core.metrics import foreground_iou, instance_scores
+    from napari_unet.core.model import UNet, UNetConfig, output_size, valid_input_size
+    from napari_unet.core.postprocess import probabilities_to_labels
+    from napari_unet.core.preprocess import Normalization, normalize
+    from napari_unet.core.tiling import TileProgress, iter_predict_tiled, predict_tiled
+    from napari_unet.core.training import (
+        TrainConfig,
+        TrainProgress,
+        TrainResult,
+        iter_train,
+        train,
+    )
+    from napari_unet.core.weightmap import unet_weight_map

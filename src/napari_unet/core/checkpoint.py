@@ -1,0 +1,145 @@
+"""Model files: weights + architecture + normalization + metadata, loaded safely.
+
+A model file is a ``torch.save`` archive of plain containers, tensors and
+primitives only. It is read with ``torch.load(weights_only=True)``, which
+refuses any pickle that would build other objects or run code, and it is
+written atomically (temporary file in the same folder, then rename), so a
+crash mid-write never leaves a half-written model where a good one was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import napari_unet
+from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.preprocess import Normalization
+
+FORMAT = "napari-unet/model"
+FORMAT_VERSION = 1
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt, foreign or from an unsupported version."""
+
+
+def save_model(
+    path: str | os.PathLike[str],
+    model: UNet,
+    *,
+    normalization: Normalization | None = None,
+    **metadata: Any,
+) -> Path:
+    """Save ``model`` to ``path`` atomically.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination file (conventionally ``*.pt``); its folder must exist.
+    model : UNet
+        The network; its ``config``, weights, ``normalization`` and
+        ``metadata`` are stored.
+    normalization : Normalization, optional
+        Overrides ``model.normalization``.
+    **metadata
+        Extra JSON-serializable information (training images, steps, scores),
+        merged over ``model.metadata``.
+
+    Returns
+    -------
+    path : Path
+    """
+    if not isinstance(model, UNet):
+        raise TypeError(f"`model` must be a napari_unet UNet, got {type(model).__name__}")
+    info = {**model.metadata, **metadata}
+    try:
+        json.dumps(info)
+    except TypeError as err:
+        raise ValueError(f"metadata must be JSON-serializable: {err}") from None
+    norm = normalization or model.normalization
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "napari_unet_version": napari_unet.__version__,
+        "config": model.config.to_dict(),
+        "normalization": norm.to_dict(),
+        "metadata": info,
+        "state_dict": state,
+    }
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read and validate the raw contents of a model file without building the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{path} is not a napari-unet model file (corrupt or another format)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        detail = [line for line in str(err).splitlines() if "unsupported" in line.lower()]
+        raise ModelFileError(
+            f"{path} was refused: loading it would run code, which a napari-unet model file "
+            f"never needs ({detail[0].strip() if detail else 'unsafe pickle'})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
+        raise ModelFileError(f"{path} is not a readable model file (corrupt or truncated: {err})")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelFileError(f"{path} is not a napari-unet model file")
+    version = payload.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} has model format version {version!r}; this napari-unet reads "
+            f"version {FORMAT_VERSION}"
+        )
+    for key, kind in (("config", dict), ("state_dict", dict), ("normalization", dict)):
+        if not isinstance(payload.get(key), kind):
+            raise ModelFileError(f"{path} is malformed: missing or invalid {key!r}")
+    return payload
+
+
+def load_model(path: str | os.PathLike[str]) -> UNet:
+    """Load a model saved by :func:`save_model`, without executing code from the file.
+
+    Returns
+    -------
+    model : UNet
+        In eval mode on the CPU, with ``normalization`` and ``metadata`` set.
+
+    Raises
+    ------
+    ModelFileError
+        If the file is missing, corrupt, truncated, foreign or would run code.
+    """
+    payload = read_model_file(path)
+    try:
+        config = UNetConfig(**payload["config"])
+        model = UNet(**config.to_dict())
+        model.load_state_dict(payload["state_dict"])
+        model.normalization = Normalization.from_dict(payload["normalization"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as err:
+        raise ModelFileError(f"{path} is malformed: {err}") from None
+    model.metadata = dict(payload.get("metadata") or {})
+    return model.eval()

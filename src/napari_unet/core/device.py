@@ -1,0 +1,76 @@
+"""Device choice (cuda, mps, cpu), mixed precision and memory budgets."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+_GIB = 1024**3
+
+
+def select_device(device: str | torch.device | None = "auto") -> torch.device:
+    """Return the torch device to run on.
+
+    Parameters
+    ----------
+    device : str or torch.device
+        ``"auto"`` (or None) picks CUDA, then Apple MPS, then the CPU;
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"`` are taken as given but
+        must be available.
+
+    Examples
+    --------
+    >>> select_device("cpu")
+    device(type='cpu')
+    """
+    if device is None or device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"`device` must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("`device` is 'cuda' but no CUDA GPU is available; use 'auto' or 'cpu'")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("`device` is 'mps' but Apple MPS is not available; use 'auto' or 'cpu'")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"unsupported device type {dev.type!r}")
+    return dev
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """Mixed-precision dtype for ``device``: bf16/fp16 on CUDA, None (float32) elsewhere."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can be used on ``device`` now (free VRAM, or available RAM)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:  # pragma: no cover - psutil comes with napari
+        pages = os.sysconf("SC_AVPHYS_PAGES") if hasattr(os, "sysconf") else 0
+        return int(pages * os.sysconf("SC_PAGE_SIZE")) if pages else 4 * _GIB
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True if ``err`` is a (CUDA or MPS) out-of-memory error."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()

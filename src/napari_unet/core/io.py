@@ -1,0 +1,227 @@
+"""Lazy image input and plane-by-plane output (TIFF and zarr).
+
+Inputs are opened without loading them: an uncompressed, contiguous TIFF as
+a numpy memmap, any other TIFF through tifffile's zarr store (pages read on
+demand), a ``.zarr`` folder with zarr. Outputs are written one plane at a
+time, so memory stays bounded by a plane whatever the size of the stack.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import tifffile
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+ZARR_SUFFIXES = (".zarr",)
+#: Above this many bytes a TIFF output is written as BigTIFF.
+BIGTIFF_BYTES = 2**31
+
+
+class ImageReadError(ValueError):
+    """An input image is missing, unreadable or in an unsupported format."""
+
+
+def _suffix(path: Path) -> str:
+    return path.suffix.lower()
+
+
+def open_image(path: str | os.PathLike[str]) -> Any:
+    """Open a TIFF file or zarr array lazily.
+
+    Parameters
+    ----------
+    path : path-like
+        ``.tif``/``.tiff`` file or ``.zarr`` folder.
+
+    Returns
+    -------
+    image : array-like
+        numpy memmap or zarr array with ``shape``, ``dtype`` and numpy slicing.
+
+    Raises
+    ------
+    ImageReadError
+        If the file is missing, truncated, corrupt or not a TIFF/zarr.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageReadError(f"input not found: {path}")
+    suffix = _suffix(path)
+    if suffix in ZARR_SUFFIXES:
+        import zarr
+
+        try:
+            array = zarr.open(str(path), mode="r")
+        except Exception as err:  # zarr raises many error types
+            raise ImageReadError(f"cannot read {path} as a zarr array: {err}") from None
+        if not hasattr(array, "shape"):
+            raise ImageReadError(f"{path} is a zarr group, not an array")
+        return array
+    if suffix not in TIFF_SUFFIXES:
+        raise ImageReadError(f"unsupported input format {suffix!r} for {path} (use TIFF or zarr)")
+    return _open_tiff(path)
+
+
+def _open_tiff(path: Path) -> Any:
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            shape, dtype = series.shape, series.dtype
+            contiguous = series.dataoffset is not None
+        if contiguous:
+            return tifffile.memmap(path, mode="r")
+        import zarr
+
+        store = tifffile.imread(path, aszarr=True)
+        array = zarr.open(store, mode="r")
+        if tuple(array.shape) != tuple(shape) or array.dtype != dtype:
+            raise ValueError("zarr view does not match the TIFF series")
+        # read one corner now so a truncated or undecodable file fails here
+        array[(0,) * (array.ndim - 2) + (slice(0, 1), slice(0, 1))]
+        return array
+    except ImageReadError:
+        raise
+    except Exception as err:  # tifffile raises many error types on bad files
+        raise ImageReadError(f"cannot read {path} as a TIFF image: {err}") from None
+
+
+def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Validate an output path: known suffix, existing folder, not already there."""
+    path = Path(path)
+    if _suffix(path) not in TIFF_SUFFIXES + ZARR_SUFFIXES:
+        raise ValueError(f"output {path} must end in .tif, .tiff or .zarr")
+    if not path.parent.exists():
+        raise ValueError(f"output folder does not exist: {path.parent}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output {path} exists; pass overwrite=True (--overwrite) to replace it")
+    return path
+
+
+class PlaneWriter:
+    """Write an array of shape (P..., *plane_shape) plane by plane, in order.
+
+    TIFF outputs get one contiguous series (BigTIFF when large) that tifffile
+    and napari read back with the full shape; zarr outputs get one chunk per
+    plane (tiled for large planes). The file is written under a temporary
+    name and renamed into place when the writer closes without error, so an
+    interrupted job never leaves a half-written file at ``path``; use
+    :meth:`close` with ``keep=True`` to keep a partial result.
+
+    Parameters
+    ----------
+    path : path-like
+        Destination (``.tif``, ``.tiff`` or ``.zarr``).
+    shape : tuple of int
+        Full output shape; the leading ``len(shape) - plane_ndim`` axes are planes.
+    dtype : dtype
+    plane_ndim : int
+        Dimensions of one plane (2 for labels, 3 for class probabilities).
+    overwrite : bool
+        Replace an existing output.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        shape: tuple[int, ...],
+        dtype: Any,
+        *,
+        plane_ndim: int = 2,
+        overwrite: bool = False,
+    ) -> None:
+        self.path = check_output_path(path, overwrite=overwrite)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.plane_shape = self.shape[len(self.shape) - plane_ndim :]
+        self.n_planes = int(np.prod(self.shape[: len(self.shape) - plane_ndim]))
+        self.written = 0
+        self._closed = False
+        self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        _remove(self._tmp)
+        if _suffix(self.path) in ZARR_SUFFIXES:
+            import zarr
+
+            chunks = (1,) * (len(self.shape) - plane_ndim) + tuple(
+                min(s, 2048) if i >= plane_ndim - 2 else s
+                for i, s in enumerate(self.plane_shape)
+            )
+            self._zarr = zarr.open(
+                str(self._tmp), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype
+            )
+            self._tiff = None
+        else:
+            nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
+            self._tiff = tifffile.TiffWriter(self._tmp, bigtiff=nbytes > BIGTIFF_BYTES)
+            self._zarr = None
+
+    def write(self, plane: np.ndarray) -> None:
+        """Append the next plane."""
+        plane = np.asarray(plane, dtype=self.dtype)
+        if plane.shape != self.plane_shape:
+            raise ValueError(f"plane must have shape {self.plane_shape}, got {plane.shape}")
+        if self.written >= self.n_planes:
+            raise ValueError(f"all {self.n_planes} planes were already written")
+        if self._zarr is not None:
+            lead = self.shape[: len(self.shape) - len(self.plane_shape)]
+            self._zarr[tuple(int(i) for i in np.unravel_index(self.written, lead))] = plane
+        else:
+            self._tiff.write(
+                plane,
+                contiguous=True,
+                photometric="minisblack",
+                metadata={"shape": self.shape} if self.written == 0 else None,
+            )
+        self.written += 1
+
+    def close(self, *, keep: bool | None = None) -> Path | None:
+        """Finish the file and move it into place, or delete it.
+
+        Parameters
+        ----------
+        keep : bool, optional
+            Keep a partial result (planes not written are zeros). By default
+            the file is kept only if every plane was written.
+        """
+        if self._closed:
+            return self.path if self.path.exists() else None
+        self._closed = True
+        complete = self.written == self.n_planes
+        keep = complete if keep is None else keep
+        if self._tiff is not None:
+            if keep:
+                zeros = np.zeros(self.plane_shape, self.dtype)
+                while self.written < self.n_planes:
+                    self.write(zeros)
+            self._tiff.close()
+            self._tiff = None
+        if keep:
+            if self._tmp.exists():
+                _remove(self.path)
+                os.replace(self._tmp, self.path)
+            return self.path
+        _remove(self._tmp)
+        return None
+
+    def __enter__(self) -> PlaneWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(keep=None if exc_type is None else False)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()

@@ -1,0 +1,462 @@
+"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2).
+
+The output is cut into tiles (the *core* of each tile) that cover every
+plane exactly once. Each input tile carries the network's context around its
+core; where that context falls outside the image, the image is mirrored
+(``reflect``). Tile origins are multiples of ``2 ** depth``, so max-pooling
+sees the same grid in every tile: for a valid-padding network the tiled result
+equals the prediction of the whole mirror-padded image in one pass.
+
+Tiles are read lazily from any array-like with numpy slicing (numpy, memmap,
+zarr, dask), batched, prefetched in a thread while the network runs, and
+written into ``out`` as they finish. :func:`iter_predict_tiled` yields a
+:class:`TileProgress` after every batch and returns ``out``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_unet.core.device import (
+    autocast_dtype,
+    available_memory,
+    is_out_of_memory,
+    select_device,
+)
+from napari_unet.core.model import UNet, valid_input_size
+
+logger = logging.getLogger(__name__)
+
+#: Estimated inference memory per input pixel and base channel (bytes); measured
+#: peak for depth-4 networks on the CPU is below this (see docs/benchmarks.md).
+BYTES_PER_PIXEL_CHANNEL = 48
+#: Largest output tile edge chosen automatically on the CPU / on a GPU.
+MAX_AUTO_CORE = {"cpu": 1024, "gpu": 2048}
+
+Region = tuple[int, slice, slice]
+
+
+@dataclass(frozen=True)
+class TileProgress:
+    """Progress of a tiled prediction, yielded after every batch of tiles.
+
+    Attributes
+    ----------
+    done, total : int
+        Tiles finished and tiles in the whole job.
+    plane, n_planes : int
+        Flat index of the plane being processed and number of planes.
+    regions : tuple of (plane, rows, cols)
+        Output regions written by this batch (flat plane index, slices).
+    message : str
+        A notice for the user (e.g. an out-of-memory fallback), else "".
+    """
+
+    done: int
+    total: int
+    plane: int
+    n_planes: int
+    regions: tuple[Region, ...]
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Geometry of an overlap-tile run over planes of shape (M, N)."""
+
+    core: tuple[int, int]
+    tile: tuple[int, int]
+    margin: int
+    offset: int
+    origins: tuple[tuple[int, int], ...]
+
+
+# ---------------------------------------------------------------------------
+# geometry
+
+
+def _halo(model: UNet) -> int:
+    """Context before the first kept pixel (the mirror padding)."""
+    if model.padding == "valid":
+        return model.margin
+    # same padding: cover the receptive field (convolutions + pooling windows)
+    half = model.step // 2
+    return math.ceil((model.margin + model.step) / half) * half
+
+
+def _tile_for_core(model: UNet, core: int) -> int:
+    return valid_input_size(core + 2 * _halo(model), model.depth, model.padding)
+
+
+def tile_overhead(model: UNet) -> int:
+    """Input tile size minus output core size (the same for every tile)."""
+    return _tile_for_core(model, model.step) - model.step
+
+
+def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[int]) -> TilePlan:
+    """Plan tiles of input size at most ``tile_size`` over a plane of ``shape``.
+
+    Parameters
+    ----------
+    model : UNet
+    shape : (int, int)
+        Plane shape (M, N).
+    tile_size : int or (int, int)
+        Largest input tile edge (what the network sees); rounded down to a
+        valid size, and never below the smallest useful tile.
+    """
+    sizes = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)
+    if len(sizes) != 2 or any(int(s) != s or s < 1 for s in sizes):
+        raise ValueError(f"`tile_size` must be a positive int or a pair, got {tile_size!r}")
+    step, extra = model.step, tile_overhead(model)
+    cores = []
+    for size, extent in zip(sizes, shape, strict=True):
+        core = max(step, (int(size) - extra) // step * step)
+        cores.append(min(core, -(-extent // step) * step))
+    margin = _halo(model)
+    tiles = [_tile_for_core(model, c) for c in cores]
+    out_size = model.output_size(tiles[0])
+    assert out_size is not None  # noqa: S101 - tiles are valid by construction
+    offset = margin - (tiles[0] - out_size) // 2
+    origins = tuple(
+        (y, x) for y in range(0, shape[0], cores[0]) for x in range(0, shape[1], cores[1])
+    )
+    return TilePlan(tuple(cores), tuple(tiles), margin, offset, origins)  # type: ignore[arg-type]
+
+
+def auto_tile_size(model: UNet, device: torch.device, *, memory: int | None = None) -> int:
+    """Input tile edge that fits the memory of ``device`` (a valid size)."""
+    memory = available_memory(device) if memory is None else memory
+    budget = 0.5 * memory if device.type == "cuda" else min(0.25 * memory, 4 * 1024**3)
+    per_px = BYTES_PER_PIXEL_CHANNEL * model.config.base_channels
+    fit = int(math.sqrt(budget / per_px))
+    cap = MAX_AUTO_CORE["cpu" if device.type == "cpu" else "gpu"] + tile_overhead(model)
+    return max(_tile_for_core(model, model.step), min(fit, cap))
+
+
+def auto_batch_size(model: UNet, device: torch.device, tile: tuple[int, int]) -> int:
+    """Tiles per batch: 1 on the CPU; as many as half the free VRAM holds (<= 16) on a GPU."""
+    if device.type == "cpu":
+        return 1
+    per_tile = BYTES_PER_PIXEL_CHANNEL * model.config.base_channels * tile[0] * tile[1]
+    return int(np.clip(0.5 * available_memory(device) // per_tile, 1, 16))
+
+
+def reflect_indices(index: np.ndarray, n: int) -> np.ndarray:
+    """Map indices outside ``[0, n)`` into it by mirroring (numpy's ``reflect`` mode).
+
+    Examples
+    --------
+    >>> reflect_indices(np.arange(-3, 8), 5).tolist()
+    [3, 2, 1, 0, 1, 2, 3, 4, 3, 2, 1]
+    """
+    if n == 1:
+        return np.zeros_like(index)
+    period = 2 * (n - 1)
+    index = np.abs(index) % period
+    return np.where(index >= n, period - index, index)
+
+
+# ---------------------------------------------------------------------------
+# input handling
+
+
+def as_channels_first(
+    image: Any, in_channels: int, channel_axis: int | None = None
+) -> tuple[Any, tuple[int, ...], bool]:
+    """Return ``(array, leading_shape, has_channel_axis)`` with channels at axis -3.
+
+    Raises a ValueError if the image does not match the model's channels.
+    """
+    shape = tuple(image.shape)
+    if len(shape) < 2:
+        raise ValueError(f"`image` must have at least 2 dimensions (Y, X), got shape {shape}")
+    dtype = np.dtype(image.dtype)
+    if dtype != bool and (not np.issubdtype(dtype, np.number) or dtype.kind == "c"):
+        raise ValueError(f"`image` must be a real numeric array, got dtype {dtype}")
+    if channel_axis is None and in_channels == 1:
+        return image, shape[:-2], False
+    axis = -3 if channel_axis is None else channel_axis
+    if len(shape) < 3 or not -len(shape) <= axis < len(shape):
+        raise ValueError(
+            f"the model expects {in_channels} channels on axis {axis}, but the image has "
+            f"shape {shape}"
+        )
+    if axis % len(shape) != len(shape) - 3:
+        if isinstance(image, np.ndarray):
+            image = np.moveaxis(image, axis, -3)
+        else:
+            import dask.array as da
+
+            image = da.moveaxis(da.asarray(image), axis, -3)
+    if image.shape[-3] != in_channels:
+        raise ValueError(
+            f"the image has {image.shape[-3]} channel(s) on axis {axis} (shape {shape}), "
+            f"but the model expects {in_channels}"
+        )
+    return image, tuple(image.shape[:-3]), True
+
+
+def _read_tile(
+    image: Any, lead: tuple[int, ...], rows: np.ndarray, cols: np.ndarray, channels: bool
+) -> np.ndarray:
+    """Read rows x cols (reflected indices) of one plane as float32 (C, h, w)."""
+    r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+    chan = (slice(None),) if channels else ()
+    slab = np.asarray(image[(*lead, *chan, slice(r0, r1), slice(c0, c1))])
+    slab = slab.astype(np.float32, copy=False)
+    if not channels:
+        slab = slab[None]
+    if r1 - r0 != len(rows) or (rows[0] != r0 or not np.all(np.diff(rows) == 1)):
+        slab = slab[:, rows - r0]
+    if c1 - c0 != len(cols) or (cols[0] != c0 or not np.all(np.diff(cols) == 1)):
+        slab = slab[:, :, cols - c0]
+    if not np.isfinite(slab).all():
+        raise ValueError("`image` contains NaN or infinite values")
+    return slab
+
+
+def _read_batch(
+    image: Any,
+    planes: list[tuple[int, ...]],
+    plan: TilePlan,
+    shape: tuple[int, int],
+    jobs: Sequence[tuple[int, int, int]],
+    channels: bool,
+) -> np.ndarray:
+    tiles = []
+    for p, y, x in jobs:
+        rows = reflect_indices(np.arange(y - plan.margin, y - plan.margin + plan.tile[0]), shape[0])
+        cols = reflect_indices(np.arange(x - plan.margin, x - plan.margin + plan.tile[1]), shape[1])
+        tiles.append(_read_tile(image, planes[p], rows, cols, channels))
+    return np.stack(tiles)
+
+
+# ---------------------------------------------------------------------------
+# running
+
+
+class _OutOfMemory(Exception):
+    def __init__(self, plane: int) -> None:
+        self.plane = plane
+
+
+def _forward(net: UNet, batch: np.ndarray, device: torch.device) -> np.ndarray:
+    with torch.inference_mode():
+        x = torch.from_numpy(batch)
+        if device.type == "cuda":
+            x = x.pin_memory().to(device, non_blocking=True)
+        else:
+            x = x.to(device)
+        amp = autocast_dtype(device)
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            logits = net(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+def _run_jobs(
+    net: UNet,
+    device: torch.device,
+    image: Any,
+    planes: list[tuple[int, ...]],
+    channels: bool,
+    plan: TilePlan,
+    jobs: list[tuple[int, int, int]],
+    batch_size: int,
+    out: Any,
+    shape: tuple[int, int],
+    pool: ThreadPoolExecutor,
+) -> Iterator[tuple[Region, ...]]:
+    """Run ``jobs`` (plane, y, x) in batches; yield the regions written by each batch."""
+    batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
+    if not batches:
+        return
+    read = (image, planes, plan, shape)
+    pending: Future[np.ndarray] = pool.submit(_read_batch, *read, batches[0], channels)
+    for k, batch in enumerate(batches):
+        tiles = pending.result()
+        if k + 1 < len(batches):
+            pending = pool.submit(_read_batch, *read, batches[k + 1], channels)
+        try:
+            probs = _forward(net, tiles, device)
+        except RuntimeError as err:
+            if device.type != "cpu" and is_out_of_memory(err):
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                raise _OutOfMemory(batch[0][0]) from err
+            raise
+        regions = []
+        o = plan.offset
+        for (p, y, x), prob in zip(batch, probs, strict=True):
+            h, w = min(plan.core[0], shape[0] - y), min(plan.core[1], shape[1] - x)
+            rows, cols = slice(y, y + h), slice(x, x + w)
+            out[(*planes[p], slice(None), rows, cols)] = prob[:, o : o + h, o : o + w]
+            regions.append((p, rows, cols))
+        yield tuple(regions)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(training)
+
+
+def _on_device(model: UNet, device: torch.device) -> UNet:
+    """``model`` itself if it already lives on ``device``, else a copy moved there."""
+    param = next(model.parameters())
+    if param.device.type == device.type and (
+        device.index is None or param.device.index == device.index
+    ):
+        return model
+    return copy.deepcopy(model).to(device).eval()
+
+
+def _prepare_out(out: Any, shape: tuple[int, ...]) -> Any:
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if tuple(out.shape) != shape:
+        raise ValueError(f"`out` must have shape {shape}, got {tuple(out.shape)}")
+    return out
+
+
+def iter_predict_tiled(
+    model: UNet,
+    image: Any,
+    *,
+    tile_size: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = "auto",
+    out: Any = None,
+    channel_axis: int | None = None,
+) -> Generator[TileProgress, None, Any]:
+    """Predict softmax probabilities tile by tile, yielding progress after every batch.
+
+    Parameters
+    ----------
+    model : UNet
+        The network (valid or same padding). It is applied as is: the image is
+        only cast to float32, not normalized (see :func:`~napari_unet.core.normalize`).
+    image : array-like of shape (..., M, N), or (..., C, M, N) for C > 1 channels
+        Any array supporting numpy slicing (numpy, memmap, zarr, dask); read
+        lazily, tile by tile. Leading axes are planes.
+    tile_size : int or (int, int), optional
+        Largest input tile edge; chosen from free memory if None.
+    batch_size : int, optional
+        Tiles per forward pass; 1 on the CPU and as many as fit on a GPU if None.
+    device : str or torch.device
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"mps"``.
+    out : array-like of shape (..., n_classes, M, N), optional
+        Writable destination (numpy, memmap, zarr); float32 numpy if None.
+    channel_axis : int, optional
+        Axis of the channels if the model has several and they are not at -3.
+
+    Yields
+    ------
+    TileProgress
+        After every batch of tiles.
+
+    Returns
+    -------
+    out : array-like of shape (..., n_classes, M, N)
+        Softmax probabilities.
+
+    Notes
+    -----
+    On a GPU out-of-memory error the batch size is halved, then the tile
+    size, then the job moves to the CPU; each step is logged and reported in
+    :attr:`TileProgress.message`. The current plane is then redone.
+    """
+    dev = select_device(device)
+    arr, lead, channels = as_channels_first(image, model.in_channels, channel_axis)
+    shape = (int(arr.shape[-2]), int(arr.shape[-1]))
+    if min(shape) < 1:
+        raise ValueError(f"`image` is empty, shape {tuple(image.shape)}")
+    out = _prepare_out(out, (*lead, model.n_classes, *shape))
+    planes = list(np.ndindex(*lead))
+    net = _on_device(model, dev)
+    tile = tile_size if tile_size is not None else auto_tile_size(net, dev)
+    plan = plan_tiles(net, shape, tile)
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    batch = int(batch_size) if batch_size else auto_batch_size(net, dev, plan.tile)
+    first, message = 0, ""
+    with _eval_mode(model), _eval_mode(net), ThreadPoolExecutor(1) as pool:
+        while first < len(planes):
+            per_plane = len(plan.origins)
+            jobs = [(p, y, x) for p in range(first, len(planes)) for y, x in plan.origins]
+            done = first * per_plane
+            try:
+                for regions in _run_jobs(
+                    net, dev, arr, planes, channels, plan, jobs, batch, out, shape, pool
+                ):
+                    done += len(regions)
+                    yield TileProgress(
+                        done, len(planes) * per_plane, regions[-1][0], len(planes), regions,
+                        message,
+                    )
+                    message = ""
+                first = len(planes)
+            except _OutOfMemory as oom:
+                first = oom.plane
+                if batch > 1:
+                    batch //= 2
+                    message = f"out of GPU memory: retrying with {batch} tiles per batch"
+                elif max(plan.core) > net.step:
+                    smaller = max(net.step, max(plan.core) // 2) + tile_overhead(net)
+                    plan = plan_tiles(net, shape, smaller)
+                    message = f"out of GPU memory: retrying with tiles of {plan.tile}"
+                else:
+                    dev = torch.device("cpu")
+                    net = _on_device(model, dev)
+                    message = "out of GPU memory even for the smallest tile: continuing on the CPU"
+                logger.warning(message)
+    return out
+
+
+def predict_tiled(
+    model: UNet,
+    image: Any,
+    *,
+    tile_size: int | Sequence[int] | None = None,
+    batch_size: int | None = None,
+    device: str | torch.device | None = "auto",
+    out: Any = None,
+    channel_axis: int | None = None,
+) -> Any:
+    """Softmax probabilities of ``model`` over ``image`` by overlap-tile inference.
+
+    Blocking version of :func:`iter_predict_tiled` (same parameters).
+
+    Returns
+    -------
+    out : array-like of shape (n_classes, M, N), or (..., n_classes, M, N) for a stack
+
+    Examples
+    --------
+    >>> net = UNet(base_channels=2)
+    >>> predict_tiled(net, np.zeros((50, 70)), device="cpu").shape
+    (2, 50, 70)
+    """
+    gen = iter_predict_tiled(
+        model, image, tile_size=tile_size, batch_size=batch_size, device=device, out=out,
+        channel_axis=channel_axis,
+    )
+    while True:
+        try:
+            next(gen)
+        except StopIteration as stop:
+            return stop.value

@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_unet.cli import main
+from napari_unet.core.checkpoint import save_model
+from napari_unet.core.model import UNet
+from napari_unet.core.postprocess import probabilities_to_labels
+from napari_unet.core.tiling import predict_tiled
+from napari_unet.core.weightmap import unet_weight_map
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(base_channels=2)
+    with torch.no_grad():  # bias the head so some pixels are foreground
+        net.head.bias[:] = torch.tensor([0.0, 0.05])
+    return save_model(tmp_path / "model.pt", net)
+
+
+def run(argv, capsys):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def test_predict_2d_matches_library(tmp_path, model_file, capsys):
+    image = np.random.default_rng(0).integers(0, 255, (70, 90), np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image, compression="zlib")
+    out, prob = tmp_path / "labels.tif", tmp_path / "prob.tif"
+    code, err = run(["predict", model_file, tmp_path / "img.tif", out, "--probabilities", prob,
+                     "--tile-size", 204, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "predict" in err and "cells in 1 plane" in err
+    from napari_unet.core.checkpoint import load_model
+
+    net = load_model(model_file)
+    expected = predict_tiled(net, net.normalization(image), device="cpu")
+    np.testing.assert_allclose(tifffile.imread(prob), expected, atol=2e-5)
+    labels = tifffile.imread(out)
+    assert labels.dtype == np.uint32 and labels.shape == image.shape
+    np.testing.assert_array_equal(labels, probabilities_to_labels(expected))
+
+
+def test_predict_stack_to_zarr_unique_ids(tmp_path, model_file, capsys):
+    stack = np.random.default_rng(1).integers(0, 4000, (3, 40, 50), np.uint16)
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    out = tmp_path / "labels.zarr"
+    code, err = run(["predict", model_file, tmp_path / "stack.tif", out, "--device", "cpu",
+                     "--min-size", 1], capsys)
+    assert code == 0, err
+    labels = zarr.open(str(out), mode="r")[:]
+    assert labels.shape == (3, 40, 50)
+    ids = [set(np.unique(p)) - {0} for p in labels]
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+
+
+def test_predict_bad_inputs(tmp_path, model_file, capsys):
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((30, 30), np.uint8))
+    (tmp_path / "exists.tif").write_bytes(b"x")
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, np.full((30, 30), np.nan, np.float32))
+    rgb_model = save_model(tmp_path / "rgb.pt", UNet(in_channels=3, base_channels=2))
+    line = tmp_path / "line.tif"
+    tifffile.imwrite(line, np.zeros(30, np.uint8))
+    cases = [
+        ([model_file, tmp_path / "missing.tif", tmp_path / "o.tif"], "not found"),
+        ([model_file, image, tmp_path / "exists.tif"], "exists"),
+        ([image, image, tmp_path / "o.tif"], "not a napari-unet model"),
+        ([model_file, nan, tmp_path / "o.tif"], "NaN"),
+        ([rgb_model, image, tmp_path / "o.tif"], "expects 3 channels"),
+        ([model_file, line, tmp_path / "o.tif"], "2 dimensions"),
+        ([model_file, image, tmp_path / "o.png"], ".tif"),
+    ]
+    for argv, message in cases:
+        code, err = run(["predict", *argv, "--device", "cpu"], capsys)
+        assert code == 2, (argv, err)
+        assert message in err, (message, err)
+        assert err.count("\n") == 1  # one line, no traceback
+    assert not (tmp_path / "o.tif").exists()
+    assert (tmp_path / "exists.tif").read_bytes() == b"x"  # nothing lost
+
+
+def test_predict_overwrite(tmp_path, model_file, capsys):
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((30, 30), np.uint8))
+    out = tmp_path / "o.tif"
+    out.write_bytes(b"old")
+    code, err = run(["predict", model_file, image, out, "--overwrite", "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert tifffile.imread(out).shape == (30, 30)
+
+
+def test_weightmap(tmp_path, disks, capsys):
+    tifffile.imwrite(tmp_path / "labels.tif", disks)
+    out = tmp_path / "w.tif"
+    code, err = run(["weightmap", tmp_path / "labels.tif", out, "--w0", 5, "--sigma", 3], capsys)
+    assert code == 0, err
+    np.testing.assert_allclose(tifffile.imread(out), unet_weight_map(disks, w0=5, sigma=3))
+    code, err = run(["weightmap", tmp_path / "labels.tif", out], capsys)
+    assert code == 2 and "exists" in err
