@@ -102,3 +102,58 @@ def test_weightmap(tmp_path, disks, capsys):
     np.testing.assert_allclose(tifffile.imread(out), unet_weight_map(disks, w0=5, sigma=3))
     code, err = run(["weightmap", tmp_path / "labels.tif", out], capsys)
     assert code == 2 and "exists" in err
+
+
+def test_train_then_predict_round_trip(tmp_path, disks, capsys):
+    from napari_unet.core.checkpoint import load_model
+
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        image = ((disks > 0) * 120 + rng.normal(30, 10, disks.shape)).clip(0, 255)
+        tifffile.imwrite(tmp_path / f"img{i}.tif", image.astype(np.uint8))
+        tifffile.imwrite(tmp_path / f"mask{i}.tif", disks)
+    model = tmp_path / "model.pt"
+    argv = ["train", "--image", tmp_path / "img0.tif", "--labels", tmp_path / "mask0.tif",
+            "--image", tmp_path / "img1.tif", "--labels", tmp_path / "mask1.tif",
+            "--out", model, "--steps", 4, "--base-channels", 4, "--depth", 3,
+            "--patch-size", 92, "--batch-size", 1, "--validate-every", 2, "--device", "cpu"]
+    code, err = run(argv, capsys)
+    assert code == 0, err
+    assert "trained 4 steps" in err and "validation score" in err
+    net = load_model(model)
+    assert net.config.base_channels == 4 and net.metadata["training"]["n_images"] == 1
+    code, err = run(argv, capsys)
+    assert code == 2 and "exists" in err  # never silently replaced
+    code, err = run(["predict", model, tmp_path / "img0.tif", tmp_path / "pred.tif",
+                     "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert tifffile.imread(tmp_path / "pred.tif").shape == disks.shape
+    # fine-tune from the saved model
+    code, err = run([*argv[:-8], "--out", tmp_path / "tuned.pt", "--from", model, "--steps", 2,
+                     "--patch-size", 92, "--batch-size", 1, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert load_model(tmp_path / "tuned.pt").config == net.config
+
+
+def test_train_bad_inputs(tmp_path, disks, capsys):
+    tifffile.imwrite(tmp_path / "img.tif", disks.astype(np.uint8))
+    tifffile.imwrite(tmp_path / "mask.tif", disks)
+    tifffile.imwrite(tmp_path / "small.tif", disks[:50])
+    tifffile.imwrite(tmp_path / "empty.tif", np.zeros_like(disks))
+    (tmp_path / "broken.tif").write_bytes(b"II*\x00broken")
+    img, out = tmp_path / "img.tif", tmp_path / "m.pt"
+    cases = [
+        (["--image", img, "--labels", tmp_path / "small.tif"], "does not match"),
+        (["--image", img, "--labels", tmp_path / "empty.tif"], "no labelled cells"),
+        (["--image", tmp_path / "broken.tif", "--labels", tmp_path / "mask.tif"], "cannot read"),
+        (["--image", img, "--image", img, "--labels", tmp_path / "mask.tif"], "pair in order"),
+        (["--image", img, "--labels", tmp_path / "mask.tif", "--from", img], "not a napari-unet"),
+    ]
+    for argv, message in cases:
+        code, err = run(["train", *argv, "--out", out, "--steps", 1], capsys)
+        assert code == 2, (argv, err)
+        assert message in err and err.count("\n") == 1, (message, err)
+    code, err = run(["train", "--image", img, "--labels", tmp_path / "mask.tif", "--out",
+                     tmp_path / "m.tif"], capsys)
+    assert code == 2 and ".pt" in err
+    assert not out.exists()

@@ -129,6 +129,98 @@ def _cmd_weightmap(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------
+# train
+
+
+def _read_pairs(images: list[str], labels: list[str]) -> tuple[list, list]:
+    """Read image/label files in order; stacks contribute each plane with cells."""
+    import numpy as np
+
+    from napari_unet.core.annotations import training_crops
+    from napari_unet.core.io import open_image
+
+    if len(images) != len(labels):
+        raise ValueError(f"got {len(images)} --image but {len(labels)} --labels; they pair in order")
+    crops_img, crops_lab = [], []
+    for image_path, labels_path in zip(images, labels, strict=True):
+        image = np.asarray(open_image(image_path))
+        lab = np.asarray(open_image(labels_path))
+        if image.shape[-2:] != lab.shape[-2:] or lab.ndim not in (2, 3):
+            raise ValueError(
+                f"{labels_path} has shape {lab.shape}, which does not match {image_path} "
+                f"{image.shape}"
+            )
+        crops = training_crops(image, lab)
+        if not crops:
+            raise ValueError(f"{labels_path} has no labelled cells (all 0)")
+        crops_img += [c.image for c in crops]
+        crops_lab += [c.labels for c in crops]
+    return crops_img, crops_lab
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.training import TrainConfig, iter_train
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".pt":
+        raise ValueError(f"--out must be a .pt model file, got {out}")
+    if not out.parent.exists():
+        raise ValueError(f"output folder does not exist: {out.parent}")
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    images, labels = _read_pairs(args.image, args.labels)
+    val_images, val_labels = _read_pairs(args.validation_image, args.validation_labels)
+    model = load_model(args.from_model) if args.from_model else None
+    config = TrainConfig(
+        steps=args.steps, minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
+        patch_size=args.patch_size, learning_rate=args.lr, base_channels=args.base_channels,
+        depth=args.depth, weighting=args.weighting, w0=args.w0, sigma=args.sigma,
+        validation="none" if args.no_validation else "auto",
+        validate_every=min(args.validate_every, args.steps),
+    )
+    stop = threading.Event()
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        print("\nnapari-unet: stopping after this step (Ctrl-C again to abort)",
+              file=sys.stderr)
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        jobs = iter_train(
+            images, labels, model=model, config=config, device=args.device, checkpoint=out,
+            validation_images=val_images, validation_labels=val_labels, should_stop=stop.is_set,
+        )
+        with _progress(config.steps, "train", "step") as bar:
+            while True:
+                try:
+                    event = next(jobs)
+                except StopIteration as done:
+                    result = done.value
+                    break
+                bar.update(event.step - bar.n)
+                info = {"loss": f"{event.loss:.3f}"}
+                if event.best_score is not None:
+                    info["best"] = f"{event.best_score:.3f}"
+                bar.set_postfix(info)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    score = "" if result.best_score is None else f", validation score {result.best_score:.3f}"
+    print(
+        f"napari-unet: trained {result.steps} steps in {result.elapsed:.0f} s "
+        f"({result.stopped}); best model (step {result.best_step}{score}) -> {out}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------
 # parser
 
 
@@ -177,6 +269,39 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sigma", type=float, default=5.0, help="border width (pixels)")
     w.add_argument("--overwrite", action="store_true", help="replace an existing output")
     w.set_defaults(func=_cmd_weightmap)
+
+    t = sub.add_parser(
+        "train",
+        help="train or fine-tune a U-Net on a few annotated images",
+        description="Train on image/label pairs (they pair in order; labels are instance "
+        "ids with 0 = background, or binary masks; in stacks every plane with cells is used). "
+        "The best model is saved to OUT whenever it improves; Ctrl-C stops and keeps it.",
+        formatter_class=_Formatter,
+    )
+    t.add_argument("--image", action="append", required=True, help="training image (repeat)")
+    t.add_argument("--labels", action="append", required=True, help="its labels (repeat)")
+    t.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
+    t.add_argument("--from", dest="from_model", metavar="MODEL", help="fine-tune this model")
+    t.add_argument("--steps", type=int, default=1000, help="optimisation steps")
+    t.add_argument("--minutes", type=float, help="wall-time budget")
+    t.add_argument("--seed", type=int, default=0, help="random seed")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    t.add_argument("--base-channels", type=int, default=16, help="channels of the first level")
+    t.add_argument("--depth", type=int, default=4, help="number of poolings")
+    t.add_argument("--batch-size", type=int, default=2, help="patches per step")
+    t.add_argument("--patch-size", type=int, default=380, help="input patch edge (pixels)")
+    t.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (Adam)")
+    t.add_argument("--weighting", choices=["unet", "balanced", "none"], default="unet",
+                   help="loss weights: paper's weight map, class balance only, or none")
+    t.add_argument("--w0", type=float, default=10.0, help="weight-map border weight")
+    t.add_argument("--sigma", type=float, default=5.0, help="weight-map border width (px)")
+    t.add_argument("--validation-image", action="append", default=[],
+                   help="validation image (repeat); default: hold out the last --image")
+    t.add_argument("--validation-labels", action="append", default=[], help="its labels")
+    t.add_argument("--validate-every", type=int, default=100, help="steps between validations")
+    t.add_argument("--no-validation", action="store_true", help="train on every image")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    t.set_defaults(func=_cmd_train)
     return parser
 
 

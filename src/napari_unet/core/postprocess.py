@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage as ndi
 from skimage.feature import peak_local_max
-from skimage.segmentation import relabel_sequential, watershed
+from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 
 def foreground_probability(prob: np.ndarray) -> np.ndarray:
@@ -21,7 +21,7 @@ def foreground_probability(prob: np.ndarray) -> np.ndarray:
 
 
 def _plane_labels(
-    fg: np.ndarray, threshold: float, min_size: int, split: bool, min_distance: int
+    fg: np.ndarray, threshold: float, min_size: int, split: bool, min_distance: int, expand: int
 ) -> np.ndarray:
     mask = fg > threshold
     labels, _ = ndi.label(mask)
@@ -35,6 +35,8 @@ def _plane_labels(
         markers = np.zeros(labels.shape, dtype=np.int32)
         markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
         labels = watershed(-dist, markers, mask=labels > 0)
+    if expand:
+        labels = expand_labels(labels, expand)
     return relabel_sequential(labels)[0].astype(np.uint32, copy=False)
 
 
@@ -45,6 +47,7 @@ def probabilities_to_labels(
     min_size: int = 16,
     split: bool = False,
     min_distance: int = 5,
+    expand: int = 0,
 ) -> np.ndarray:
     """Turn softmax probabilities into instance labels.
 
@@ -61,6 +64,10 @@ def probabilities_to_labels(
         Split touching cells by a watershed on the distance transform.
     min_distance : int
         Smallest distance (pixels) between two cell centres when splitting.
+    expand : int
+        Grow every cell by this many pixels into the background without
+        merging cells (restores the boundary pixels that training with
+        separated touching cells leaves out).
 
     Returns
     -------
@@ -78,12 +85,13 @@ def probabilities_to_labels(
     prob = np.asarray(prob)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"`threshold` must be in [0, 1], got {threshold}")
-    if min_size < 0 or min_distance < 1:
+    if min_size < 0 or min_distance < 1 or expand < 0:
         raise ValueError(
-            f"`min_size` must be >= 0 and `min_distance` >= 1, got {min_size}, {min_distance}"
+            f"`min_size` and `expand` must be >= 0 and `min_distance` >= 1, got {min_size}, "
+            f"{expand}, {min_distance}"
         )
     if prob.ndim == 2:
-        return _plane_labels(prob, threshold, min_size, split, min_distance)
+        return _plane_labels(prob, threshold, min_size, split, min_distance, expand)
     if prob.ndim < 3 or prob.shape[-3] < 2:
         raise ValueError(
             f"`prob` must have shape (..., n_classes, M, N) with n_classes >= 2, got {prob.shape}"
@@ -93,7 +101,7 @@ def probabilities_to_labels(
     offset = 0
     for index in np.ndindex(*lead):
         labels = _plane_labels(
-            foreground_probability(prob[index]), threshold, min_size, split, min_distance
+            foreground_probability(prob[index]), threshold, min_size, split, min_distance, expand
         )
         out[index] = np.where(labels > 0, labels + offset, 0)
         offset += int(labels.max())

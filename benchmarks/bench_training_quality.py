@@ -1,0 +1,127 @@
+"""Few-shot quality on the real data: train briefly on a few images, score unseen ones.
+
+ISBI 2012 EM: train on 2 slices, report cell (interior) IoU on other slices.
+DSB 2018 nuclei: train on 5 images, report instance F1 at IoU 0.5 on other images.
+
+The budget is CPU time of this process (default 600 CPU-s = 5 minutes on the
+2 cores of the project's machine), so a busy machine slows the run down but
+does not change what it learns. Usage::
+
+    python benchmarks/bench_training_quality.py dsb --weighting unet
+    python benchmarks/bench_training_quality.py isbi --weighting none --cpu-seconds 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_unet.core.metrics import foreground_iou, instance_scores
+from napari_unet.core.postprocess import probabilities_to_labels
+from napari_unet.core.tiling import predict_tiled
+from napari_unet.core.training import TrainConfig, iter_train
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load(folder: Path, ids: list[str]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    images = [tifffile.imread(folder / "images" / f"{i}.tif") for i in ids]
+    masks = [tifffile.imread(folder / "masks" / f"{i}.tif") for i in ids]
+    return images, masks
+
+
+def split(dataset: str, n_test: int, seed: int) -> tuple[Path, list[str], list[str]]:
+    if dataset == "isbi":
+        folder = DATA / "isbi2012_em_membranes"
+        ids = sorted((p.stem for p in (folder / "images").glob("*.tif")), key=int)
+        return folder, ids[:2], ids[-n_test:]
+    folder = DATA / "dsb2018_nuclei_train"
+    ids = sorted(p.stem for p in (folder / "images").glob("*.tif"))
+    order = np.random.default_rng(seed).permutation(len(ids))
+    return folder, [ids[i] for i in order[:5]], [ids[i] for i in order[5 : 5 + n_test]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=["isbi", "dsb"])
+    parser.add_argument("--weighting", default="unet", choices=["unet", "balanced", "none"])
+    parser.add_argument("--cpu-seconds", type=float, default=600.0)
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=380)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-test", type=int, default=20)
+    parser.add_argument("--expand", type=int, nargs="+", default=[0, 1])
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"real data not found at {DATA}")
+
+    folder, train_ids, test_ids = split(args.dataset, args.n_test, args.seed)
+    images, masks = load(folder, train_ids)
+    settings = {
+        "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
+        "base_channels": args.base_channels, "weighting": args.weighting, "validation": "none",
+        "seed": args.seed,
+    }
+    # calibrate: CPU seconds per step, so the step budget (and the learning-rate
+    # schedule over it) does not depend on how busy the machine is
+    probe = iter_train(images, masks, config=TrainConfig(steps=8, **settings), device="cpu")
+    next(probe)
+    next(probe)
+    cpu = time.process_time()
+    for _ in range(6):
+        next(probe)
+    per_step = (time.process_time() - cpu) / 6
+    steps = max(1, int(args.cpu_seconds / per_step))
+    print(f"  {per_step:.2f} CPU-s per step -> {steps} steps", file=sys.stderr, flush=True)
+
+    config = TrainConfig(steps=steps, validate_every=steps, **settings)
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    gen = iter_train(images, masks, config=config, device="cpu")
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        if event.step % 50 == 0:
+            print(f"  step {event.step}/{steps} loss {event.loss:.3f} "
+                  f"cpu {time.process_time() - cpu0:.0f}s", file=sys.stderr, flush=True)
+    train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    model = result.model
+
+    test_images, test_masks = load(folder, test_ids)
+    scores: dict[int, list[tuple[float, float]]] = {e: [] for e in args.expand}
+    for image, truth in zip(test_images, test_masks, strict=True):
+        prob = predict_tiled(model, model.normalization(image), device="cpu")
+        for expand in args.expand:
+            pred = probabilities_to_labels(prob, expand=expand)
+            if args.dataset == "isbi":
+                truth_fg = truth > 0
+                scores[expand].append((foreground_iou(truth_fg, pred), float("nan")))
+            else:
+                f1 = instance_scores(truth, pred)[0].f1
+                scores[expand].append((foreground_iou(truth, pred), f1))
+    for expand, values in scores.items():
+        iou, f1 = np.nanmean(np.array(values, float), axis=0) if args.dataset == "dsb" else (
+            np.mean([v[0] for v in values]), float("nan"))
+        report = {
+            "dataset": args.dataset, "weighting": args.weighting, "expand": expand,
+            "base_channels": args.base_channels, "patch_size": args.patch_size,
+            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+            "steps": result.steps, "train_cpu_s": round(train_cpu), "train_wall_s": round(train_wall),
+            "train_images": len(train_ids), "test_images": len(test_ids),
+            "foreground_iou": round(float(iou), 4), "f1@0.5": round(float(f1), 4),
+        }
+        print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    main()

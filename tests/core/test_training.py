@@ -1,0 +1,166 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.checkpoint import load_model
+from napari_unet.core.metrics import foreground_iou, instance_scores
+from napari_unet.core.model import UNet
+from napari_unet.core.postprocess import probabilities_to_labels
+from napari_unet.core.tiling import predict_tiled
+from napari_unet.core.training import TrainConfig, TrainProgress, iter_train, train
+
+
+def nuclei(seed: int, shape=(128, 128), n=30):
+    """Touching nuclei: bright domes (dimmer at the rim) with noise, and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.int32)
+    dist = np.full(shape, np.inf)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    for i, (cy, cx, r) in enumerate(
+        zip(*rng.uniform(8, np.array(shape) - 8, (n, 2)).T, rng.uniform(7, 10, n), strict=True)
+    ):
+        d = np.hypot(yy - cy, xx - cx) / r
+        closer = (d < 1) & (d < dist)
+        labels[closer] = i + 1
+        dist[closer] = d[closer]
+    dome = np.where(labels > 0, np.sqrt(np.clip(1 - dist**2, 0, 1)), 0)
+    return (dome + rng.normal(0, 0.15, shape)).astype(np.float32), labels
+
+
+def merged_cells(true, pred):
+    """True cells sharing their predicted object with another true cell."""
+    owners = {}
+    for t in np.unique(true)[1:]:
+        hits = pred[true == t]
+        if hits.any():
+            owners.setdefault(np.bincount(hits).argmax(), []).append(t)
+    return sum(len(v) for v in owners.values() if len(v) > 1)
+
+
+FAST = TrainConfig(steps=150, batch_size=4, patch_size=156, depth=3, base_channels=8,
+                   learning_rate=3e-3, validation="none", seed=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    train_set = [nuclei(s) for s in range(3)]
+    test_set = [nuclei(s) for s in (100, 101)]
+    return train_set, test_set
+
+
+def evaluate(model, test_set):
+    ious, f1s, merges = [], [], 0
+    for image, labels in test_set:
+        prob = predict_tiled(model, model.normalization(image), device="cpu")
+        pred = probabilities_to_labels(prob, min_size=10, expand=1)
+        ious.append(foreground_iou(labels, pred))
+        f1s.append(instance_scores(labels, pred)[0].f1)
+        merges += merged_cells(labels, pred)
+    return np.mean(ious), np.mean(f1s), merges
+
+
+@pytest.mark.slow
+def test_weight_map_learns_and_reduces_merges(data):
+    """The paper's claim on a seeded toy: the border weights separate touching cells."""
+    train_set, test_set = data
+    images, labels = zip(*train_set, strict=True)
+    weighted = train(images, labels, config=FAST, device="cpu").model
+    plain = train(images, labels, config=TrainConfig(**{**FAST.__dict__, "weighting": "none"}),
+                  device="cpu").model
+    iou_w, f1_w, merges_w = evaluate(weighted, test_set)
+    iou_p, f1_p, merges_p = evaluate(plain, test_set)
+    assert iou_w > 0.75  # learned the task
+    assert merges_w < 0.75 * merges_p
+    assert f1_w > f1_p + 0.1
+
+
+def test_progress_events_validation_and_checkpoint(data, tmp_path):
+    train_set, _ = data
+    images, labels = zip(*train_set[:2], strict=True)
+    config = TrainConfig(steps=6, batch_size=1, patch_size=92, depth=3, base_channels=4,
+                         validate_every=3, seed=1)
+    gen = iter_train(images, labels, config=config, device="cpu", checkpoint=tmp_path / "m.pt")
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert [e.step for e in events] == list(range(1, 7))
+    assert all(isinstance(e, TrainProgress) and np.isfinite(e.loss) for e in events)
+    assert [e.validation is not None for e in events] == [False, False, True] * 2
+    assert set(events[2].validation) == {"iou", "f1", "score"}
+    assert events[0].learning_rate > events[-1].learning_rate  # cosine decay
+    assert result.steps == 6 and result.stopped == "steps"
+    assert result.best_step in (3, 6) and result.best_score == max(
+        e.validation["score"] for e in events if e.validation
+    )
+    saved = load_model(tmp_path / "m.pt")
+    assert saved.metadata["best_step"] == result.best_step
+    x = torch.rand(1, 1, 92, 92)
+    with torch.inference_mode():
+        torch.testing.assert_close(saved(x), result.model(x))
+
+
+def test_stop_returns_usable_model_and_is_reproducible(data):
+    train_set, _ = data
+    images, labels = zip(*train_set[:1], strict=True)
+    config = TrainConfig(steps=1000, batch_size=1, patch_size=92, depth=3, base_channels=4,
+                         seed=5)
+    calls = []
+    result = train(images, labels, config=config, device="cpu",
+                   should_stop=lambda: calls.append(1) or len(calls) >= 3)
+    assert result.stopped == "stopped" and result.steps == 3
+    assert isinstance(result.model, UNet) and not result.model.training
+    prob = predict_tiled(result.model, images[0], device="cpu")
+    assert np.isfinite(prob).all()
+    again = train(images, labels, config=config, device="cpu",
+                  should_stop=lambda: len(calls) >= 6 or calls.append(1) or len(calls) >= 6)
+    assert [h["loss"] for h in again.history] == [h["loss"] for h in result.history]
+
+
+def test_fine_tune_does_not_modify_the_given_model(data):
+    train_set, _ = data
+    images, labels = zip(*train_set[:1], strict=True)
+    base = UNet(depth=3, base_channels=4)
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    result = train(images, labels, model=base, config=TrainConfig(steps=2, batch_size=1,
+                                                                   patch_size=92), device="cpu")
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert result.model.config == base.config
+    assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())
+
+
+def test_sparse_annotation_and_time_budget(data):
+    train_set, _ = data
+    image, labels = train_set[0]
+    mask = np.zeros(labels.shape, bool)
+    mask[:64, :64] = True
+    config = TrainConfig(steps=10_000, minutes=0.02, batch_size=1, patch_size=92, depth=3,
+                         base_channels=4)
+    result = train([image], [labels], masks=[mask], config=config, device="cpu")
+    assert result.stopped == "time" and result.elapsed < 10
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"images": []}, "no training images"),
+        ({"labels": [np.zeros((64, 64), int)]}, "no cells"),
+        ({"masks": [None, None]}, "masks"),
+    ],
+)
+def test_bad_training_input(kwargs, match):
+    image, labels = nuclei(0, shape=(64, 64), n=5)
+    args = {"images": [image], "labels": [labels], **kwargs}
+    with pytest.raises(ValueError, match=match):
+        train(args.pop("images"), args.pop("labels"), config=TrainConfig(steps=1), device="cpu",
+              **args)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="minutes"):
+        TrainConfig(minutes=0)
