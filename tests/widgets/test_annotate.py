@@ -7,11 +7,7 @@ import pytest
 
 from napari_unet.core.annotations import Rectangle
 
-pytestmark = [
-    pytest.mark.gui,
-    # napari 0.9 with PyQt5 warns once per process (theme detection needs Qt6)
-    pytest.mark.filterwarnings("ignore:System theme detection requires a Qt6:UserWarning"),
-]
+pytestmark = pytest.mark.gui
 
 
 @pytest.fixture

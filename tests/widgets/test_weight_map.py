@@ -5,13 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from napari_unet.core.dataset import separate_touching
 from napari_unet.core.weightmap import unet_weight_map
 
-pytestmark = [
-    pytest.mark.gui,
-    # napari 0.9 with PyQt5 warns once per process (theme detection needs Qt6)
-    pytest.mark.filterwarnings("ignore:System theme detection requires a Qt6:UserWarning"),
-]
+
+def training_weights(labels, **kwargs):
+    """The weights training uses: the paper's map after separating touching cells."""
+    return unet_weight_map(separate_touching(labels), **kwargs)
+
+
+pytestmark = pytest.mark.gui
 
 TIMEOUT = 20_000
 
@@ -63,7 +66,7 @@ def test_compute_matches_core(setup, qtbot):
     assert layer.name == "cells weights"
     assert viewer.layers.index(layer) == viewer.layers.index(labels) + 1
     assert layer.colormap.name == "magma"
-    expected = unet_weight_map(two_disks(), w0=8.0, sigma=4.0)
+    expected = training_weights(two_disks(), w0=8.0, sigma=4.0)
     np.testing.assert_allclose(layer.data, expected, rtol=1e-6)
     assert expected[24, 30] > expected[45, 2] + 4  # the gap between the disks lights up
     assert layer.contrast_limits[1] == pytest.approx(8.0 + expected[24, 20])
@@ -72,7 +75,7 @@ def test_compute_matches_core(setup, qtbot):
     with qtbot.waitSignal(widget.weights_updated, timeout=TIMEOUT):
         widget.compute()
     np.testing.assert_allclose(
-        layer.data, unet_weight_map(two_disks(), w0=8.0, sigma=4.0, class_weights=None),
+        layer.data, training_weights(two_disks(), w0=8.0, sigma=4.0, class_weights=None),
         rtol=1e-6)
     assert len([lay for lay in viewer.layers if lay.name == "cells weights"]) == 1
 
@@ -89,7 +92,7 @@ def test_rectangle_region_only(setup, qtbot):
     inside[10:40, 5:50] = True
     assert np.all(data[~inside] == 0)
     assert np.all(data[inside] > 0)
-    np.testing.assert_allclose(data, unet_weight_map(two_disks(), mask=inside), rtol=1e-6)
+    np.testing.assert_allclose(data, training_weights(two_disks(), mask=inside), rtol=1e-6)
 
 
 def test_stack_current_plane_and_annotated_planes(make_napari_viewer, qtbot):
@@ -109,7 +112,7 @@ def test_stack_current_plane_and_annotated_planes(make_napari_viewer, qtbot):
         widget.compute()
     data = widget.weights_layer.data
     assert data.shape == (3, 48, 64)
-    np.testing.assert_allclose(data[1], unet_weight_map(stack[1]), rtol=1e-6)
+    np.testing.assert_allclose(data[1], training_weights(stack[1]), rtol=1e-6)
     assert not data[0].any() and not data[2].any()
     np.testing.assert_allclose(widget.weights_layer.scale, (2, 0.5, 0.5))
 
@@ -123,7 +126,7 @@ def test_stack_current_plane_and_annotated_planes(make_napari_viewer, qtbot):
     widget.scope.value = SCOPE_ANNOTATED
     with qtbot.waitSignal(widget.weights_updated, timeout=TIMEOUT):
         widget.compute()
-    np.testing.assert_allclose(data[2], unet_weight_map(stack[2]), rtol=1e-6)
+    np.testing.assert_allclose(data[2], training_weights(stack[2]), rtol=1e-6)
     assert not data[1].any()
 
 
@@ -134,7 +137,7 @@ def test_live_update_on_w0_and_paint(setup, qtbot):
     qtbot.waitUntil(lambda: widget.weights_layer is not None, timeout=TIMEOUT)
     wait_done(qtbot, widget)
     widget.w0.value = 3.0
-    expected = unet_weight_map(two_disks(), w0=3.0)
+    expected = training_weights(two_disks(), w0=3.0)
     qtbot.waitUntil(lambda: np.allclose(widget.weights_layer.data, expected, rtol=1e-6),
                     timeout=TIMEOUT)
     from napari_unet._widgets._settings import get_setting
@@ -144,7 +147,7 @@ def test_live_update_on_w0_and_paint(setup, qtbot):
     labels.paint((24, 30), 4)
     painted = np.asarray(labels.data).copy()
     assert painted[24, 30] == 4
-    expected = unet_weight_map(painted, w0=3.0)
+    expected = training_weights(painted, w0=3.0)
     qtbot.waitUntil(lambda: np.allclose(widget.weights_layer.data, expected, rtol=1e-6),
                     timeout=TIMEOUT)
     wait_done(qtbot, widget)
@@ -174,7 +177,7 @@ def test_stale_worker_is_discarded(setup, qtbot, monkeypatch):
     assert first is not second
     qtbot.waitUntil(lambda: bool(first_done) and not widget.is_running, timeout=TIMEOUT)
     qtbot.wait(50)  # let queued slots of both workers run
-    expected = unet_weight_map(two_disks((256, 256)), w0=2.0)
+    expected = training_weights(two_disks((256, 256)), w0=2.0)
     np.testing.assert_allclose(widget.weights_layer.data, expected, rtol=1e-6)
     cell_weight = expected[two_disks((256, 256)) > 0].max()
     assert widget.weights_layer.contrast_limits[1] == pytest.approx(2.0 + cell_weight)

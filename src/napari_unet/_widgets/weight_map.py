@@ -42,7 +42,7 @@ from napari_unet._widgets.annotate import (
     rectangles_from_shapes,
     regions_layer_for,
 )
-from napari_unet.core.annotations import Rectangle, painted_planes
+from napari_unet.core.annotations import Rectangle, painted_planes, region_mask
 
 if TYPE_CHECKING:
     import napari
@@ -56,43 +56,6 @@ LIVE_DELAY_MS = 300
 WEIGHTS_SUFFIX = " weights"
 SCOPE_PLANE = "current plane"
 SCOPE_ANNOTATED = "all annotated planes"
-
-
-def region_mask(
-    shape: tuple[int, int],
-    plane: int | None,
-    marked_planes: Sequence[int],
-    rectangles: Sequence[Rectangle],
-) -> np.ndarray | None:
-    """Annotated pixels of one plane, following the training's rules.
-
-    Parameters
-    ----------
-    shape : (rows, columns)
-        Plane shape.
-    plane : int or None
-        Plane index (None for a 2D image, whose "plane" is 0 in ``marked_planes``).
-    marked_planes : sequence of int
-        Planes marked fully annotated.
-    rectangles : sequence of Rectangle
-        Annotated rectangles (any plane).
-
-    Returns
-    -------
-    mask : bool ndarray of ``shape``, or None
-        None when the whole plane is annotated: it is marked, or nothing at all
-        is marked (then planes with cells count as annotated). Otherwise the
-        union of the plane's rectangles (all False if it has none).
-    """
-    if not marked_planes and not rectangles:
-        return None
-    if (0 if plane is None else plane) in set(marked_planes):
-        return None
-    mask = np.zeros(shape, dtype=bool)
-    for r in rectangles:
-        if r.plane == plane:
-            mask[max(r.y0, 0):max(r.y1, 0), max(r.x0, 0):max(r.x1, 0)] = True
-    return mask
 
 
 class PlaneWeights(NamedTuple):
@@ -120,6 +83,7 @@ def iter_weight_planes(
     ``w0 + the largest class weight``, a natural upper contrast limit;
     ``outside`` says the plane has no annotated pixel (its weights are 0).
     """
+    from napari_unet.core.dataset import as_instances, separate_touching
     from napari_unet.core.weightmap import unet_weight_map
 
     if planes is None:
@@ -127,6 +91,8 @@ def iter_weight_planes(
     for plane in planes:
         lab = np.array(labels if plane is None else labels[plane])
         mask = region_mask(lab.shape, plane, marked_planes, rectangles)
+        # exactly what training uses: touching cells are separated by a gap first
+        lab = separate_touching(as_instances(lab))
         weights = unet_weight_map(lab, w0=w0, sigma=sigma, class_weights=class_weights,
                                   mask=mask)
         known = np.ones(lab.shape, bool) if mask is None else mask

@@ -107,3 +107,40 @@ def training_crops(
         crops.append(Crop(img, lab[y0:y1, x0:x1], np.ones((y1 - y0, x1 - x0), bool),
                           f"rectangle {r}"))
     return crops
+
+
+def region_mask(
+    shape: tuple[int, int],
+    plane: int | None,
+    marked_planes: Sequence[int],
+    rectangles: Sequence[Rectangle],
+) -> np.ndarray | None:
+    """Annotated pixels of one plane, following the training's rules.
+
+    Parameters
+    ----------
+    shape : (rows, columns)
+        Plane shape.
+    plane : int or None
+        Plane index (None for a 2D image, whose "plane" is 0 in ``marked_planes``).
+    marked_planes : sequence of int
+        Planes marked fully annotated.
+    rectangles : sequence of Rectangle
+        Annotated rectangles (any plane).
+
+    Returns
+    -------
+    mask : bool ndarray of ``shape``, or None
+        None when the whole plane is annotated: it is marked, or nothing at all
+        is marked (then planes with cells count as annotated). Otherwise the
+        union of the plane's rectangles (all False if it has none).
+    """
+    if not marked_planes and not rectangles:
+        return None
+    if (0 if plane is None else plane) in set(marked_planes):
+        return None
+    mask = np.zeros(shape, dtype=bool)
+    for r in rectangles:
+        if r.plane == plane:
+            mask[max(r.y0, 0):max(r.y1, 0), max(r.x0, 0):max(r.x1, 0)] = True
+    return mask
