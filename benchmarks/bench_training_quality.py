@@ -47,11 +47,26 @@ def split(dataset: str, n_test: int, seed: int) -> tuple[Path, list[str], list[s
     return folder, [ids[i] for i in order[:5]], [ids[i] for i in order[5 : 5 + n_test]]
 
 
+def calibrate(images: list, masks: list, settings: dict, cpu_seconds: float) -> int:
+    """Steps that fit ``cpu_seconds`` of this process's CPU time."""
+    probe = iter_train(images, masks, config=TrainConfig(steps=8, **settings), device="cpu")
+    next(probe)
+    next(probe)
+    cpu = time.process_time()
+    for _ in range(6):
+        next(probe)
+    per_step = (time.process_time() - cpu) / 6
+    steps = max(1, int(cpu_seconds / per_step))
+    print(f"  {per_step:.2f} CPU-s per step -> {steps} steps", file=sys.stderr, flush=True)
+    return steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=["isbi", "dsb"])
     parser.add_argument("--weighting", default="unet", choices=["unet", "balanced", "none"])
     parser.add_argument("--cpu-seconds", type=float, default=600.0)
+    parser.add_argument("--steps", type=int, help="fixed step budget (skips the calibration)")
     parser.add_argument("--base-channels", type=int, default=16)
     parser.add_argument("--patch-size", type=int, default=380)
     parser.add_argument("--batch-size", type=int, default=2)
@@ -72,16 +87,7 @@ def main() -> None:
     }
     # calibrate: CPU seconds per step, so the step budget (and the learning-rate
     # schedule over it) does not depend on how busy the machine is
-    probe = iter_train(images, masks, config=TrainConfig(steps=8, **settings), device="cpu")
-    next(probe)
-    next(probe)
-    cpu = time.process_time()
-    for _ in range(6):
-        next(probe)
-    per_step = (time.process_time() - cpu) / 6
-    steps = max(1, int(args.cpu_seconds / per_step))
-    print(f"  {per_step:.2f} CPU-s per step -> {steps} steps", file=sys.stderr, flush=True)
-
+    steps = args.steps or calibrate(images, masks, settings, args.cpu_seconds)
     config = TrainConfig(steps=steps, validate_every=steps, **settings)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     gen = iter_train(images, masks, config=config, device="cpu")

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -27,8 +30,51 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
     pass
 
 
+class _StopOnSigint:
+    """First Ctrl-C asks the job to stop at the next progress event; a second one aborts.
+
+    So an interrupt never lands in the middle of writing a plane.
+    """
+
+    def __init__(self, message: str = "") -> None:
+        self.requested = False
+        self.message = message
+        self._previous: object = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self.message:
+            print(f"\nnapari-unet: {self.message} (Ctrl-C again to abort)", file=sys.stderr)
+
+    def __enter__(self) -> _StopOnSigint:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+
+
 def _progress(total: int, desc: str, unit: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, delay=0.5)
+
+
+def _drain_training(jobs: Any, total: int) -> Any:
+    """Run a training generator with a progress bar (loss, best score, time left)."""
+    with _progress(total, "train", "step") as bar:
+        while True:
+            try:
+                event = next(jobs)
+            except StopIteration as done:
+                return done.value
+            bar.update(event.step - bar.n)
+            info = {"loss": f"{event.loss:.3f}", "left": f"{event.eta:.0f}s"}
+            if event.best_score is not None:
+                info["best"] = f"{event.best_score:.3f}"
+            bar.set_postfix(info)
 
 
 # ---------------------------------------------------------------------------
@@ -66,10 +112,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 )
             )
         bar = stack.enter_context(_progress(0, "predict", "tile"))
+        stop = stack.enter_context(_StopOnSigint())
         jobs = iter_segment(
             model, image, tile_size=args.tile_size, batch_size=args.batch_size,
             device=args.device, threshold=args.threshold, min_size=args.min_size,
-            split=args.split,
+            split=args.split, expand=args.expand, tta=args.tta,
         )
         cells = 0
         try:
@@ -80,12 +127,17 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                         prob_out.write(event.probabilities)
                     cells += event.n_objects
                     bar.set_postfix(planes=f"{event.plane + 1}/{n_planes}", cells=cells)
+                    if stop.requested:
+                        raise KeyboardInterrupt
                     continue
                 if event.message:
                     bar.write(f"napari-unet: {event.message}", file=sys.stderr)
                 bar.total = event.total
                 bar.update(event.done - bar.n)
+                if stop.requested:
+                    raise KeyboardInterrupt
         except KeyboardInterrupt:
+            jobs.close()
             written = labels_out.written
             labels_out.close(keep=True)
             if prob_out is not None:
@@ -159,9 +211,6 @@ def _read_pairs(images: list[str], labels: list[str]) -> tuple[list, list]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import signal
-    import threading
-
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.training import TrainConfig, iter_train
 
@@ -182,41 +231,84 @@ def _cmd_train(args: argparse.Namespace) -> int:
         validation="none" if args.no_validation else "auto",
         validate_every=min(args.validate_every, args.steps),
     )
-    stop = threading.Event()
-
-    def on_interrupt(signum: int, frame: object) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-        print("\nnapari-unet: stopping after this step (Ctrl-C again to abort)",
-              file=sys.stderr)
-
-    previous = signal.signal(signal.SIGINT, on_interrupt)
-    try:
+    with _StopOnSigint("stopping after this step, keeping the best model") as stop:
         jobs = iter_train(
             images, labels, model=model, config=config, device=args.device, checkpoint=out,
-            validation_images=val_images, validation_labels=val_labels, should_stop=stop.is_set,
+            validation_images=val_images, validation_labels=val_labels,
+            should_stop=lambda: stop.requested,
         )
-        with _progress(config.steps, "train", "step") as bar:
-            while True:
-                try:
-                    event = next(jobs)
-                except StopIteration as done:
-                    result = done.value
-                    break
-                bar.update(event.step - bar.n)
-                info = {"loss": f"{event.loss:.3f}"}
-                if event.best_score is not None:
-                    info["best"] = f"{event.best_score:.3f}"
-                bar.set_postfix(info)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+        result = _drain_training(jobs, config.steps)
     score = "" if result.best_score is None else f", validation score {result.best_score:.3f}"
     print(
         f"napari-unet: trained {result.steps} steps in {result.elapsed:.0f} s "
         f"({result.stopped}); best model (step {result.best_step}{score}) -> {out}",
         file=sys.stderr,
     )
+    return 0
+
+
+# ---------------------------------------------------------------------------
+# demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import tifffile
+
+    from napari_unet.core.annotations import Rectangle, training_crops
+    from napari_unet.core.checkpoint import save_model
+    from napari_unet.core.io import check_output_path
+    from napari_unet.core.metrics import foreground_iou, instance_scores
+    from napari_unet.core.segment import PlaneDone, iter_segment
+    from napari_unet.core.training import TrainConfig, iter_train
+
+    if args.gui:
+        return _demo_gui()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model_path, labels_path = out / "demo_model.pt", out / "demo_labels.tif"
+    for path in (model_path, labels_path):
+        if path.exists() and not args.overwrite:
+            raise FileExistsError(f"{path} exists; pass --overwrite to replace it")
+    check_output_path(labels_path, overwrite=True)
+    data = Path(__file__).parent / "_data"
+    image = tifffile.imread(data / "nuclei.tif")
+    truth = tifffile.imread(data / "nuclei_masks.tif")
+    half = image.shape[1] // 2
+    print(
+        f"napari-unet demo: {image.shape[1]}x{image.shape[0]} nuclei image (DSB 2018, CC0); "
+        f"training on the annotated left half for {args.minutes:g} min, then segmenting all",
+        file=sys.stderr,
+    )
+    crops = training_crops(image, truth, rectangles=[Rectangle(None, 0, image.shape[0], 0, half)])
+    config = TrainConfig(steps=args.steps, minutes=args.minutes, validation="none",
+                         base_channels=16)
+    jobs = iter_train([c.image for c in crops], [c.labels for c in crops], config=config,
+                      device=args.device)
+    result = _drain_training(jobs, config.steps)
+    save_model(model_path, result.model, demo=True)
+    labels = None
+    for event in iter_segment(result.model, image, device=args.device, expand=1):
+        if isinstance(event, PlaneDone):
+            labels = event.labels
+    assert labels is not None
+    tifffile.imwrite(labels_path, labels, compression="zlib")
+    unseen = (slice(None), slice(half, None))
+    f1 = instance_scores(truth[unseen], labels[unseen])[0].f1
+    iou = foreground_iou(truth[unseen], labels[unseen])
+    print(
+        f"napari-unet demo: {result.steps} steps in {result.elapsed:.0f} s; on the unseen right "
+        f"half: F1@0.5 {f1:.3f}, foreground IoU {iou:.3f}, {int(labels.max())} cells in the "
+        f"whole image\n  model  -> {model_path}\n  labels -> {labels_path}\n"
+        f"  view:  napari {data / 'nuclei.tif'} {labels_path}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _demo_gui() -> int:
+    from napari_unet._widgets.demo import run_demo_viewer
+
+    run_demo_viewer()
     return 0
 
 
@@ -254,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability cut")
     p.add_argument("--min-size", type=int, default=16, help="remove smaller objects (pixels)")
     p.add_argument("--split", action="store_true", help="watershed-split touching cells")
+    p.add_argument("--expand", type=int, default=0,
+                   help="grow cells by this many pixels (without merging them)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time augmentation: average 8 flips/rotations (8x slower)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=_cmd_predict)
 
@@ -302,6 +398,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-validation", action="store_true", help="train on every image")
     t.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     t.set_defaults(func=_cmd_train)
+
+    d = sub.add_parser(
+        "demo",
+        help="train on half of the bundled nuclei image and segment it (or open napari)",
+        description="The whole loop on the bundled sample (DSB 2018 nuclei, CC0): train on the "
+        "annotated left half, segment the image, score the unseen right half. With --gui, open "
+        "napari with the sample, an annotation and the plugin's widgets instead.",
+        formatter_class=_Formatter,
+    )
+    d.add_argument("--out", default="napari-unet-demo", help="folder for the model and labels")
+    d.add_argument("--minutes", type=float, default=2.0, help="training time budget")
+    d.add_argument("--steps", type=int, default=10_000, help="training step budget")
+    d.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    d.add_argument("--gui", action="store_true", help="open napari with the widgets instead")
+    d.add_argument("--overwrite", action="store_true", help="replace earlier demo outputs")
+    d.set_defaults(func=_cmd_demo)
     return parser
 
 

@@ -5,6 +5,7 @@ import zarr
 
 from napari_unet.core.model import UNet, valid_input_size
 from napari_unet.core.tiling import (
+    TestTimeAugmentation,
     TileProgress,
     iter_predict_tiled,
     plan_tiles,
@@ -107,11 +108,12 @@ def test_generator_reports_progress_and_keeps_partial_output(net):
         assert (out[:, rows, cols] != -1).all()
 
 
-def test_model_mode_is_restored(net):
-    net.train()
-    predict_tiled(net, np.zeros((20, 20)), device="cpu")
-    assert net.training
-    net.eval()
+@pytest.mark.parametrize("tta", [False, True])
+def test_model_mode_is_restored(net, tta):
+    for training in (True, False):
+        net.train(training)
+        predict_tiled(net, np.zeros((20, 20)), device="cpu", tta=tta)
+        assert all(m.training == training for m in net.modules())
 
 
 @pytest.mark.parametrize("depth", [2, 3])
@@ -193,3 +195,27 @@ def test_out_of_memory_falls_back(net, monkeypatch):
     assert [c[1][-1] for c in calls[2:5]] == [252, 220, 204]  # then the tile
     assert [c[0] for c in calls[4:6]] == ["meta", "cpu"]  # then the CPU
     assert sum("CPU" in m for m in messages) == 1
+
+
+def test_test_time_augmentation_is_the_d4_average_and_seam_free(net):
+    torch.manual_seed(1)
+    x = torch.rand(1, 1, 204, 220)
+    tta = TestTimeAugmentation(net)
+    with torch.inference_mode():
+        out = torch.softmax(tta(x), 1)
+        variants = []
+        for k in range(4):
+            for flip in (False, True):
+                y = torch.rot90(x, k, (-2, -1))
+                y = torch.flip(y, (-1,)) if flip else y
+                p = torch.softmax(net(y), 1)
+                p = torch.flip(p, (-1,)) if flip else p
+                variants.append(torch.rot90(p, -k, (-2, -1)))
+        torch.testing.assert_close(out, sum(variants) / 8, atol=1e-5, rtol=1e-4)
+        # the D4 average is equivariant: TTA(flip x) = flip TTA(x)
+        flipped = torch.softmax(tta(torch.flip(x, (-1,))), 1)
+        torch.testing.assert_close(flipped, torch.flip(out, (-1,)), atol=1e-5, rtol=1e-4)
+    # tiled TTA equals TTA of the whole mirror-padded image in one pass
+    image = np.random.default_rng(2).normal(size=(70, 90)).astype(np.float32)
+    tiled = predict_tiled(net, image, tile_size=220, device="cpu", tta=True)
+    np.testing.assert_allclose(tiled, whole_image_reference(tta, image)[0], atol=2e-5)

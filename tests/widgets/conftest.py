@@ -6,8 +6,6 @@ import pytest
 
 pytest.importorskip("qtpy", reason="widget tests need a Qt binding")
 
-pytestmark = pytest.mark.gui
-
 
 @pytest.fixture(autouse=True)
 def _isolated_settings(tmp_path, monkeypatch):

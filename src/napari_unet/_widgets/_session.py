@@ -49,7 +49,12 @@ _SESSIONS: weakref.WeakKeyDictionary[Any, Session] = weakref.WeakKeyDictionary()
 
 
 def get_session(viewer: napari.viewer.Viewer) -> Session:
-    """Return the session of ``viewer`` (created on first use)."""
+    """Return the session of ``viewer`` (created on first use).
+
+    Widgets opened from the plugin menu get a proxy of the viewer; the session
+    is keyed by the viewer itself, so all widgets of a viewer share it.
+    """
+    viewer = getattr(viewer, "__wrapped__", viewer)
     session = _SESSIONS.get(viewer)
     if session is None:
         session = _SESSIONS[viewer] = Session()

@@ -8,8 +8,11 @@ time, so memory stays bounded by a plane whatever the size of the stack.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -68,17 +71,52 @@ def open_image(path: str | os.PathLike[str]) -> Any:
     return _open_tiff(path)
 
 
+@contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Keep tifffile's warnings about a damaged file off stderr: the error says it."""
+    log = logging.getLogger("tifffile")
+    level = log.level
+    log.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
+
+
+def _check_complete(tif: tifffile.TiffFile, series: Any, path: Path) -> None:
+    """Raise if the series is shorter than its metadata says or runs past the file end."""
+    size = tif.filehandle.size
+    meta = tif.shaped_metadata
+    if meta and "shape" in meta[0] and tuple(meta[0]["shape"]) != tuple(series.shape):
+        raise ImageReadError(
+            f"{path} is truncated or corrupt: it declares shape {tuple(meta[0]['shape'])} "
+            f"but only {tuple(series.shape)} can be read"
+        )
+    if series.dataoffset is not None:
+        ends = [series.dataoffset + series.nbytes]
+    else:
+        ends = [
+            max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)),
+                default=0) if page is not None else size + 1
+            for page in series.pages
+        ]
+    if max(ends, default=0) > size:
+        raise ImageReadError(f"{path} is truncated: its image data runs past the end of the file")
+
+
 def _open_tiff(path: Path) -> Any:
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             shape, dtype = series.shape, series.dtype
             contiguous = series.dataoffset is not None
+            _check_complete(tif, series, path)
         if contiguous:
             return tifffile.memmap(path, mode="r")
         import zarr
 
-        store = tifffile.imread(path, aszarr=True)
+        with _quiet_tifffile():
+            store = tifffile.imread(path, aszarr=True)
         array = zarr.open(store, mode="r")
         if tuple(array.shape) != tuple(shape) or array.dtype != dtype:
             raise ValueError("zarr view does not match the TIFF series")

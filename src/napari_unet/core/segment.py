@@ -10,6 +10,7 @@ across planes). Memory is bounded by one plane.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 from collections.abc import Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_unet.core.io import ImageReadError
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import probabilities_to_labels
 from napari_unet.core.tiling import TileProgress, as_channels_first, iter_predict_tiled
@@ -60,6 +62,8 @@ def iter_segment(
     threshold: float = 0.5,
     min_size: int = 16,
     split: bool = False,
+    expand: int = 0,
+    tta: bool = False,
     channel_axis: int | None = None,
     first_label: int = 1,
 ) -> Generator[TileProgress | PlaneDone, None, int]:
@@ -73,9 +77,9 @@ def iter_segment(
         Lazy or in-memory image (see :func:`~napari_unet.core.iter_predict_tiled`).
     planes : iterable of tuple of int, optional
         Indices (into the leading axes) of the planes to segment; all if None.
-    tile_size, batch_size, device
+    tile_size, batch_size, device, tta
         Passed to :func:`~napari_unet.core.iter_predict_tiled`.
-    threshold, min_size, split
+    threshold, min_size, split, expand
         Passed to :func:`~napari_unet.core.probabilities_to_labels`.
     channel_axis : int, optional
         Channel axis for multi-channel models (default -3).
@@ -101,11 +105,16 @@ def iter_segment(
     next_label = first_label
     done_before = 0
     for k, index in enumerate(todo):
-        plane = np.asarray(arr[index])
+        try:
+            plane = np.asarray(arr[index])
+        except Exception as err:  # decoders raise many types (zlib.error, TiffFileError)
+            raise ImageReadError(f"cannot read plane {index} of the input: {err}") from None
         x = model.normalization(plane)
+        del plane
+        _release_pages(arr)
         gen = iter_predict_tiled(
             model, x, tile_size=tile_size, batch_size=batch_size, device=device,
-            channel_axis=-3 if channels else None,
+            channel_axis=-3 if channels else None, tta=tta,
         )
         while True:
             try:
@@ -124,10 +133,22 @@ def iter_segment(
             )
         done_before += per_plane
         labels = probabilities_to_labels(
-            prob, threshold=threshold, min_size=min_size, split=split
+            prob, threshold=threshold, min_size=min_size, split=split, expand=expand
         )
         n_objects = int(labels.max())
         labels[labels > 0] += np.uint32(next_label - 1)
         next_label += n_objects
         yield PlaneDone(k, index, len(todo), labels, prob, n_objects)
     return next_label
+
+
+def _release_pages(image: Any) -> None:
+    """Drop the pages of a read-only memory-mapped input from this process.
+
+    They are file-backed and reclaimable, but they count in RSS while mapped:
+    without this, RSS grows to the size of the stack as planes are read.
+    """
+    buffer = getattr(image, "_mmap", None)  # numpy.memmap keeps its mmap.mmap here
+    read_only = getattr(image, "mode", None) == "r"
+    if buffer is not None and read_only and hasattr(mmap, "MADV_DONTNEED"):
+        buffer.madvise(mmap.MADV_DONTNEED)

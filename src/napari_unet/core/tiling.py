@@ -333,6 +333,60 @@ def _prepare_out(out: Any, shape: tuple[int, ...]) -> Any:
     return out
 
 
+class TestTimeAugmentation(torch.nn.Module):
+    """Average a network's probabilities over the 8 flips/90-degree rotations of each tile.
+
+    The forward pass runs the network on the 8 variants of every input tile,
+    maps each softmax back, averages them and returns the log of the mean, so
+    the tiler's softmax recovers the averaged probabilities exactly. It has the
+    wrapped network's geometry, so tiles stay seam-free (tile origins are
+    multiples of ``2 ** depth``, so mirrored tiles share one pooling grid too).
+
+    Parameters
+    ----------
+    net : UNet
+    """
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, net: UNet) -> None:
+        super().__init__()
+        self.net = net
+        self.train(net.training)
+
+    # geometry and settings of the wrapped network
+    config = property(lambda self: self.net.config)
+    depth = property(lambda self: self.net.depth)
+    in_channels = property(lambda self: self.net.in_channels)
+    n_classes = property(lambda self: self.net.n_classes)
+    padding = property(lambda self: self.net.padding)
+    step = property(lambda self: self.net.step)
+    margin = property(lambda self: self.net.margin)
+    normalization = property(lambda self: self.net.normalization)
+
+    def output_size(self, input_size: int) -> int | None:
+        """Output size of the wrapped network."""
+        return self.net.output_size(input_size)
+
+    def valid_input_size(self, size: int, *, round: str = "up") -> int:
+        """Nearest valid input size of the wrapped network."""
+        return self.net.valid_input_size(size, round=round)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Log of the mean softmax over the 8 variants of ``x``."""
+        total = torch.zeros(())
+        for k in range(4):
+            for flip in (False, True):
+                y = torch.rot90(x, k, (-2, -1))
+                if flip:
+                    y = torch.flip(y, (-1,))
+                p = torch.softmax(self.net(y).float(), dim=1)
+                if flip:
+                    p = torch.flip(p, (-1,))
+                total = total + torch.rot90(p, -k, (-2, -1))
+        return torch.log((total / 8).clamp_min(1e-12))
+
+
 def iter_predict_tiled(
     model: UNet,
     image: Any,
@@ -342,6 +396,7 @@ def iter_predict_tiled(
     device: str | torch.device | None = "auto",
     out: Any = None,
     channel_axis: int | None = None,
+    tta: bool = False,
 ) -> Generator[TileProgress, None, Any]:
     """Predict softmax probabilities tile by tile, yielding progress after every batch.
 
@@ -363,6 +418,9 @@ def iter_predict_tiled(
         Writable destination (numpy, memmap, zarr); float32 numpy if None.
     channel_axis : int, optional
         Axis of the channels if the model has several and they are not at -3.
+    tta : bool
+        Test-time augmentation: average over the 8 flips/rotations of every
+        tile (:class:`TestTimeAugmentation`; 8 times the compute).
 
     Yields
     ------
@@ -381,6 +439,9 @@ def iter_predict_tiled(
     :attr:`TileProgress.message`. The current plane is then redone.
     """
     dev = select_device(device)
+    user_model = model
+    if tta:
+        model = TestTimeAugmentation(model)
     arr, lead, channels = as_channels_first(image, model.in_channels, channel_axis)
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     if min(shape) < 1:
@@ -394,7 +455,7 @@ def iter_predict_tiled(
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
     batch = int(batch_size) if batch_size else auto_batch_size(net, dev, plan.tile)
     first, message = 0, ""
-    with _eval_mode(model), _eval_mode(net), ThreadPoolExecutor(1) as pool:
+    with _eval_mode(user_model), _eval_mode(net), ThreadPoolExecutor(1) as pool:
         while first < len(planes):
             per_plane = len(plan.origins)
             jobs = [(p, y, x) for p in range(first, len(planes)) for y, x in plan.origins]
@@ -436,6 +497,7 @@ def predict_tiled(
     device: str | torch.device | None = "auto",
     out: Any = None,
     channel_axis: int | None = None,
+    tta: bool = False,
 ) -> Any:
     """Softmax probabilities of ``model`` over ``image`` by overlap-tile inference.
 
@@ -453,7 +515,7 @@ def predict_tiled(
     """
     gen = iter_predict_tiled(
         model, image, tile_size=tile_size, batch_size=batch_size, device=device, out=out,
-        channel_axis=channel_axis,
+        channel_axis=channel_axis, tta=tta,
     )
     while True:
         try:

@@ -1,0 +1,693 @@
+"""The "4. Predict" dock widget: tiled U-Net segmentation streamed into napari layers.
+
+The widget plans a job (which planes, which region of them), runs
+:func:`iter_predict_layer` in a napari worker and writes what the worker
+yields into an instance Labels layer ``"<image> prediction"`` (whole planes
+as they finish) and, optionally, a probability layer ``"<image> probability"``
+(tile by tile). "Use as annotation" copies the predicted cells of the current
+plane into the annotation layer, closing the correct-and-retrain loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.utils.notifications import show_error, show_info
+
+from napari_unet._widgets._session import METADATA_KEY, annotation_info, get_session
+from napari_unet._widgets._settings import load_settings, save_settings
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+    from napari_unet.core.model import UNet
+
+Index = tuple[int, ...]
+Window = tuple[slice, slice]
+
+SCOPES = [
+    ("current plane", "plane"),
+    ("visible field of view", "view"),
+    ("whole stack", "stack"),
+]
+MODEL_SOURCES = [("current model (session)", "current"), ("model file", "file")]
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+#: Shortest interval (s) between two refreshes of the probability layer.
+REFRESH_INTERVAL = 0.2
+
+
+# ---------------------------------------------------------------------------
+# compute helpers (no Qt, no napari; candidates for napari_unet.core)
+
+
+@dataclass(frozen=True)
+class PredictionProgress:
+    """Progress of a prediction job, yielded after every batch of tiles.
+
+    Attributes
+    ----------
+    done, total : int
+        Tile batches finished and in the whole job.
+    job, n_jobs : int
+        Position of the plane in the job and number of planes.
+    index : tuple of int
+        Index of the plane in the leading axes of the image (() for 2D).
+    target : (slice, slice)
+        Region of the plane that the job predicts.
+    origin : (int, int)
+        Plane coordinates of ``probabilities[:, 0, 0]``.
+    probabilities : ndarray of float32, shape (n_classes, h, w)
+        The plane's probability buffer; the ``regions`` are final.
+    regions : tuple of (slice, slice)
+        Regions of ``probabilities`` written by this batch.
+    labels : ndarray of uint32 or None
+        Instance labels of ``target`` once the plane is finished, else None.
+    message : str
+        A notice for the user (e.g. an out-of-memory fallback), else "".
+    """
+
+    done: int
+    total: int
+    job: int
+    n_jobs: int
+    index: Index
+    target: Window
+    origin: tuple[int, int]
+    probabilities: np.ndarray
+    regions: tuple[Window, ...]
+    labels: np.ndarray | None = None
+    message: str = ""
+
+
+def context_window(model: UNet, shape: tuple[int, int], target: Window) -> Window:
+    """The part of a plane to predict so that ``target`` gets its full context.
+
+    ``target`` is widened by the tiles' context on every side (clipped to the
+    plane) and its start is aligned to ``2 ** depth``, so predictions inside
+    ``target`` match those of the whole plane.
+    """
+    from napari_unet.core.tiling import tile_overhead
+
+    context = tile_overhead(model)
+    out = []
+    for sl, n in zip(target, shape, strict=True):
+        start = max(0, (sl.start - context) // model.step * model.step)
+        out.append(slice(start, min(n, sl.stop + context)))
+    return out[0], out[1]
+
+
+def count_batches(
+    model: UNet, jobs: Sequence[tuple[Index, Window]], shape: tuple[int, int],
+    tile_size: int, batch_size: int,
+) -> int:
+    """Tile batches (= progress events) that :func:`iter_predict_layer` yields."""
+    from napari_unet.core.tiling import plan_tiles
+
+    total = 0
+    for _, target in jobs:
+        rows, cols = context_window(model, shape, target)
+        plan = plan_tiles(model, (rows.stop - rows.start, cols.stop - cols.start), tile_size)
+        total += math.ceil(len(plan.origins) / batch_size)
+    return total
+
+
+def max_label(data: Any) -> int:
+    """Largest id in a labels array (numpy, or zarr/dask read plane by plane)."""
+    if isinstance(data, np.ndarray):
+        return int(data.max()) if data.size else 0
+    return max((int(np.asarray(data[i]).max()) for i in np.ndindex(*data.shape[:-2])),
+               default=0)
+
+
+def zeros(shape: tuple[int, ...], dtype: Any, name: str) -> Any:
+    """Zero array for an output layer: numpy, or zarr on disk for very big stacks."""
+    try:
+        from napari_unet._widgets.annotate import allocate_zeros
+    except ImportError:  # pragma: no cover - the annotation widget ships with us
+        return np.zeros(shape, dtype)
+    return allocate_zeros(shape, dtype, name=name)
+
+
+def _intersect(a: slice, b: slice) -> slice:
+    return slice(max(a.start, b.start), max(min(a.stop, b.stop), max(a.start, b.start)))
+
+
+def iter_predict_layer(
+    model: Any,
+    image: Any,
+    jobs: Sequence[tuple[Index, Window]],
+    *,
+    tile_size: int,
+    batch_size: int,
+    device: str = "auto",
+    threshold: float = 0.5,
+    min_size: int = 16,
+    split: bool = False,
+    expand: int = 0,
+    channels: bool = False,
+    first_label: int = 1,
+) -> Generator[PredictionProgress, None, int]:
+    """Predict regions of planes tile by tile; label each region when its plane is done.
+
+    Parameters
+    ----------
+    model : UNet (or its :class:`~napari_unet.core.tiling.TestTimeAugmentation` wrapper)
+        Its ``normalization`` is applied to each whole plane first.
+    image : array-like of shape (..., M, N), or (..., C, M, N) if ``channels``
+        Channels-first image (see ``napari_unet.core.tiling.as_channels_first``).
+    jobs : sequence of (index, (rows, cols))
+        Plane index in the leading axes and the region of it to predict.
+    tile_size, batch_size : int
+        Passed to :func:`~napari_unet.core.iter_predict_tiled`.
+    device : str
+    threshold, min_size, split, expand
+        Passed to :func:`~napari_unet.core.probabilities_to_labels`.
+    channels : bool
+        Whether ``image`` has a channel axis at -3.
+    first_label : int
+        Id of the first cell; ids count up across planes.
+
+    Yields
+    ------
+    PredictionProgress
+        After every batch of tiles; the last one of a plane carries its labels.
+
+    Returns
+    -------
+    next_label : int
+    """
+    from napari_unet.core.postprocess import probabilities_to_labels
+    from napari_unet.core.tiling import iter_predict_tiled
+
+    shape = (int(image.shape[-2]), int(image.shape[-1]))
+    total = count_batches(model, jobs, shape, tile_size, batch_size)
+    done, next_label = 0, first_label
+    for k, (index, target) in enumerate(jobs):
+        rows, cols = context_window(model, shape, target)
+        plane = model.normalization(np.asarray(image[index]))
+        crop = plane[..., rows, cols]
+        prob = np.zeros((model.n_classes, *crop.shape[-2:]), np.float32)
+        gen = iter_predict_tiled(
+            model, crop, tile_size=tile_size, batch_size=batch_size, device=device, out=prob,
+            channel_axis=-3 if channels else None,
+        )
+
+        origin = (rows.start, cols.start)
+
+        def event(tiles: Any, n_done: int, labels: np.ndarray | None = None, *, k: int = k,
+                  index: Index = index, target: Window = target, origin: tuple[int, int] = origin,
+                  prob: np.ndarray = prob) -> PredictionProgress:
+            regions = tuple((r, c) for _, r, c in tiles.regions)
+            return PredictionProgress(n_done, total, k, len(jobs), index, target, origin, prob,
+                                      regions, labels, tiles.message)
+
+        # hold back each batch's event by one, so a plane's last batch carries its labels
+        pending = None
+        for tiles in gen:
+            if pending is not None:
+                yield event(pending, done)
+            done += 1
+            pending = tiles
+        local = tuple(
+            slice(t.start - o, t.stop - o) for t, o in zip(target, (rows.start, cols.start),
+                                                           strict=True)
+        )
+        labels = probabilities_to_labels(prob[(slice(None), *local)], threshold=threshold,
+                                         min_size=min_size, split=split, expand=expand)
+        n_objects = int(labels.max())
+        labels[labels > 0] += np.uint32(next_label - 1)
+        next_label += n_objects
+        yield event(pending, done, labels)
+    return next_label
+
+
+# ---------------------------------------------------------------------------
+# the widget
+
+
+class PredictWidget(Container):
+    """Segment the current plane, the visible region or a whole stack with a U-Net.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Attributes
+    ----------
+    model_source : ComboBox
+        ``"current"`` (the session's model, e.g. just trained) or ``"file"``.
+    image_layer : magicgui widget
+        The image to segment.
+    scope : ComboBox
+        ``"plane"``, ``"view"`` (visible field of view) or ``"stack"``.
+    annotation_layer : magicgui widget
+        Labels layer that "Use as annotation" copies predictions into.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._worker: GeneratorWorker | None = None
+        self._file_model: UNet | None = None
+        self._job: dict[str, Any] = {}
+        self._last_refresh = 0.0
+        settings = load_settings()
+
+        self.model_source = ComboBox(choices=MODEL_SOURCES, value="current", label="Model")
+        self.model_file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
+        self.model_info = Label(value="")
+        self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
+        self.scope = ComboBox(choices=SCOPES, value="plane", label="Predict")
+        self.tile_size = SpinBox(value=int(settings["tile_size"]), min=0, max=16384, step=16,
+                                 label="Tile size",
+                                 tooltip="Largest input tile edge; 0 = automatic (memory)")
+        device = str(settings["device"])
+        self.device = ComboBox(choices=DEVICES, value=device if device in DEVICES else "auto",
+                               label="Device")
+        self.threshold = FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05,
+                                      label="Threshold")
+        self.min_size = SpinBox(value=16, min=0, max=1_000_000, label="Min size (px)")
+        self.split = CheckBox(text="Split touching cells (watershed)", value=False)
+        self.expand = SpinBox(value=0, min=0, max=50, label="Grow cells (px)",
+                              tooltip="Grow every cell by this many pixels into the background "
+                              "without merging cells (restores the rim that training with "
+                              "separated touching cells leaves out)")
+        self.tta = CheckBox(text="Test-time augmentation (8 flips/rotations, 8x slower)",
+                            value=False)
+        self.show_probabilities = CheckBox(text="Show probabilities", value=False)
+        self.predict_button = PushButton(text="Predict")
+        self.cancel_button = PushButton(text="Cancel", enabled=False)
+        buttons = Container(widgets=[self.predict_button, self.cancel_button],
+                            layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.status = Label(value="", label="Status")
+        self.annotation_layer = create_widget(annotation="napari.layers.Labels",
+                                              label="Annotations")
+        self.mark_annotated = CheckBox(text="Mark the plane as annotated", value=False,
+                                       tooltip="Only if the prediction needs no correction")
+        self.use_button = PushButton(text="Use as annotation",
+                                     tooltip="Copy the predicted cells of the current plane "
+                                     "into the annotation layer, to correct and retrain")
+        self.extend([
+            self.model_source, self.model_file, self.model_info, self.image_layer, self.scope,
+            self.tile_size, self.device, self.threshold, self.min_size, self.split, self.expand,
+            self.tta,
+            self.show_probabilities, buttons, self.status,
+            Label(value="<b>Correct and retrain</b>"), self.annotation_layer,
+            self.mark_annotated, self.use_button,
+        ])
+
+        for label in (self.model_info, self.status):
+            label.native.setWordWrap(True)
+        self.model_source.changed.connect(self._on_model_source_changed)
+        self.model_file.changed.connect(self._on_model_file_changed)
+        self.image_layer.changed.connect(self._on_image_changed)
+        self.predict_button.changed.connect(self._on_predict_clicked)
+        self.cancel_button.changed.connect(self.cancel)
+        self.use_button.changed.connect(self._on_use_clicked)
+        get_session(viewer).model_changed.connect(self._on_model_changed)
+        self._on_model_source_changed()
+        self._on_image_changed()
+
+    # -- public API -------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        """True while a prediction worker runs."""
+        return self._worker is not None
+
+    @property
+    def model(self) -> UNet | None:
+        """The model that "Predict" would use now."""
+        if self.model_source.value == "file":
+            return self._file_model
+        return get_session(self._viewer).model
+
+    def output_name(self, kind: str = "prediction") -> str:
+        """Name of the output layer (``"prediction"`` or ``"probability"``) of the image."""
+        image = self.image_layer.value
+        return f"{image.name if image is not None else 'image'} {kind}"
+
+    def start(self) -> GeneratorWorker:
+        """Predict with the form's values, streaming into the output layers.
+
+        Returns
+        -------
+        worker : GeneratorWorker
+
+        Raises
+        ------
+        ValueError
+            If a prediction runs, or the model, image or view does not allow one
+            (a bad model file raises ``ModelFileError``, a ValueError).
+        """
+        from napari.qt.threading import create_worker
+
+        from napari_unet.core.device import select_device
+        from napari_unet.core.tiling import as_channels_first, auto_batch_size, auto_tile_size
+
+        if self.is_running:
+            raise ValueError("a prediction is already running")
+        model = self._require_model()
+        image = self.image_layer.value
+        if image is None:
+            raise ValueError("choose an Image layer to segment")
+        data = image.data[0] if image.multiscale else image.data
+        axis = -1 if image.rgb else None
+        arr, lead, channels = as_channels_first(data, model.in_channels, axis)
+        shape = (int(arr.shape[-2]), int(arr.shape[-1]))
+        jobs = self._jobs(image, lead, shape)
+
+        dev = select_device(self.device.value)
+        tile = int(self.tile_size.value) or auto_tile_size(model, dev)
+        batch = auto_batch_size(model, dev, (tile, tile))
+        save_settings(tile_size=int(self.tile_size.value), device=self.device.value)
+
+        labels_layer, prob_layer = self._output_layers(image, (*lead, *shape), channels)
+        for index, (rows, cols) in jobs:  # the job replaces earlier results in its regions
+            labels_layer.data[(*index, rows, cols)] = 0
+            if prob_layer is not None:
+                prob_layer.data[(*index, rows, cols)] = 0
+        whole = self.scope.value == "stack"
+        first_label = 1 if whole else max_label(labels_layer.data) + 1
+        labels_layer.refresh()
+        if prob_layer is not None:
+            prob_layer.refresh()
+
+        from napari_unet.core.tiling import TestTimeAugmentation
+
+        net = TestTimeAugmentation(model) if self.tta.value else model
+        total = count_batches(net, jobs, shape, tile, batch)
+        worker = create_worker(
+            iter_predict_layer, net, arr, jobs, tile_size=tile, batch_size=batch,
+            device=self.device.value, threshold=float(self.threshold.value),
+            min_size=int(self.min_size.value), split=bool(self.split.value),
+            expand=int(self.expand.value), channels=channels, first_label=first_label,
+            _progress={"total": total, "desc": "U-Net prediction"},
+        )
+        self._job = {"labels": labels_layer, "prob": prob_layer, "planes_done": 0,
+                     "n_planes": len(jobs), "cells": 0}
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_returned)
+        worker.aborted.connect(self._on_aborted)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._set_running(True)
+        self.status.value = f"Predicting {len(jobs)} plane(s)…"
+        worker.start()
+        return worker
+
+    def cancel(self) -> None:
+        """Stop after the current batch of tiles; finished planes are kept."""
+        if self._worker is not None:
+            self._worker.quit()
+            self.status.value = "Cancelling…"
+
+    def current_index(self, layer: Any, n_lead: int) -> Index:
+        """Index of the displayed plane in the first ``n_lead`` axes of ``layer``'s data."""
+        if n_lead == 0:
+            return ()
+        position = layer.world_to_data(self._viewer.dims.point)
+        shape = layer.data[0].shape if getattr(layer, "multiscale", False) else layer.data.shape
+        return tuple(
+            int(np.clip(round(float(p)), 0, n - 1))
+            for p, n in zip(position[:n_lead], shape[:n_lead], strict=True)
+        )
+
+    def field_of_view(self, layer: Any | None = None) -> Window:
+        """Rows and columns of ``layer``'s planes visible on the canvas (clipped).
+
+        Raises
+        ------
+        ValueError
+            If the view is 3D or the layer is not in view.
+        """
+        layer = layer if layer is not None else self.image_layer.value
+        if self._viewer.dims.ndisplay != 2:
+            raise ValueError("the visible field of view needs the 2D view")
+        camera = self._viewer.scene.camera
+        height, width = self._viewer.canvas.size
+        half = np.array([height, width], float) / (2 * camera.zoom)
+        center = np.array(camera.center[-2:], float)
+        point = np.array(self._viewer.dims.point, float)
+        displayed = list(self._viewer.dims.displayed)[-2:]
+        corners = []
+        for dy in (-1, 1):
+            for dx in (-1, 1):
+                point[displayed] = center + half * (dy, dx)
+                corners.append(np.asarray(layer.world_to_data(point))[-2:])
+        corners = np.array(corners)
+        shape = (layer.data[0] if layer.multiscale else layer.data).shape
+        shape = shape[-3:-1] if layer.rgb else shape[-2:]
+        window = []
+        for axis, n in enumerate(shape):
+            lo = int(np.clip(math.floor(corners[:, axis].min()), 0, n))
+            hi = int(np.clip(math.ceil(corners[:, axis].max()) + 1, 0, n))
+            if hi <= lo:
+                raise ValueError(f"'{layer.name}' is not in view: pan or zoom to it")
+            window.append(slice(lo, hi))
+        return window[0], window[1]
+
+    def use_as_annotation(self) -> int:
+        """Copy the predicted cells of the current plane into the annotation layer.
+
+        Returns
+        -------
+        n_cells : int
+            Cells copied.
+
+        Raises
+        ------
+        ValueError
+            If there is no prediction of this plane or no suitable annotation layer.
+        """
+        from skimage.segmentation import relabel_sequential
+
+        image = self.image_layer.value
+        name = self.output_name()
+        if image is None or name not in self._viewer.layers:
+            raise ValueError("predict first: there is no prediction layer for this image")
+        prediction = self._viewer.layers[name]
+        target = self.annotation_layer.value
+        if target is None or target.name == prediction.name:
+            raise ValueError("choose the annotation Labels layer (not the prediction)")
+        if tuple(target.data.shape) != tuple(prediction.data.shape):
+            raise ValueError(
+                f"'{target.name}' has shape {tuple(target.data.shape)} but the prediction has "
+                f"{tuple(prediction.data.shape)}"
+            )
+        index = self.current_index(prediction, prediction.data.ndim - 2)
+        predicted = np.asarray(prediction.data[index])
+        if not predicted.any():
+            raise ValueError(f"no predicted cells in plane {index or 0}: predict it first")
+        new, _, _ = relabel_sequential(predicted)
+        offset = max_label(target.data)
+        n_cells = int(new.max())
+        if offset + n_cells > np.iinfo(target.data.dtype).max:
+            raise ValueError(f"'{target.name}' ({target.data.dtype}) cannot hold more ids")
+        new = np.where(new > 0, new + offset, 0)
+        old = np.asarray(target.data[index])
+        rows, cols = np.nonzero(old != new)
+        coords = (*(np.full(rows.size, i) for i in index), rows, cols)
+        target.data_setitem(coords, new[rows, cols])  # undoable like painting
+
+        plane = index[0] if index else 0
+        info = annotation_info(target)
+        info.setdefault("image", image.name)
+        where = f"plane {plane} of '{target.name}'" if index else f"'{target.name}'"
+        if self.mark_annotated.value:
+            info["planes"] = sorted({*info["planes"], plane})
+            show_info(f"Copied {n_cells} predicted cells into {where} and marked it as "
+                      "annotated. Train again (start from: current model) to improve.")
+        else:
+            show_info(f"Copied {n_cells} predicted cells into {where}. Correct them (paint, "
+                      "erase, fill), mark the plane as annotated in '1. Annotate', then train "
+                      "again starting from the current model.")
+        return n_cells
+
+    # -- planning ---------------------------------------------------------
+    def _require_model(self) -> UNet:
+        if self.model_source.value == "file":
+            from napari_unet.core.checkpoint import load_model
+
+            if self.model_file.value is None:
+                raise ValueError("choose a model file")
+            if self._file_model is None:
+                self._file_model = load_model(self.model_file.value)
+            return self._file_model
+        model = get_session(self._viewer).model
+        if model is None:
+            raise ValueError("there is no current model: train one in '3. Train' or load a "
+                             "model file")
+        return model
+
+    def _jobs(self, image: Any, lead: tuple[int, ...],
+              shape: tuple[int, int]) -> list[tuple[Index, Window]]:
+        whole = (slice(0, shape[0]), slice(0, shape[1]))
+        scope = self.scope.value
+        if scope == "stack":
+            return [(index, whole) for index in np.ndindex(*lead)]
+        index = self.current_index(image, len(lead))
+        if scope == "view":
+            return [(index, self.field_of_view(image))]
+        return [(index, whole)]
+
+    def _output_layers(self, image: Any, shape: tuple[int, ...],
+                       channels: bool) -> tuple[Any, Any]:
+        scale, translate = np.asarray(image.scale), np.asarray(image.translate)
+        if channels and not image.rgb:  # a channel axis in the image, not in the labels
+            scale, translate = np.delete(scale, -3), np.delete(translate, -3)
+        layers = self._viewer.layers
+        name = self.output_name("prediction")
+        if name in layers:
+            labels = layers[name]
+            if tuple(labels.data.shape) != shape:
+                labels.data = zeros(shape, np.uint32, "prediction")
+        else:
+            labels = self._viewer.add_labels(zeros(shape, np.uint32, "prediction"), name=name,
+                                             scale=scale, translate=translate, opacity=0.6)
+        prob = None
+        if self.show_probabilities.value:
+            pname = self.output_name("probability")
+            if pname in layers:
+                prob = layers[pname]
+                if tuple(prob.data.shape) != shape:
+                    prob.data = zeros(shape, np.float32, "probability")
+            else:
+                prob = self._viewer.add_image(
+                    zeros(shape, np.float32, "probability"), name=pname, colormap="magma",
+                    contrast_limits=(0.0, 1.0), blending="additive", scale=scale,
+                    translate=translate, multiscale=False,
+                )
+                # below the labels so that the cells stay visible
+                layers.move(layers.index(prob), layers.index(labels))
+        return labels, prob
+
+    # -- slots ------------------------------------------------------------
+    def _on_progress(self, event: PredictionProgress) -> None:
+        job = self._job
+        prob_layer = job.get("prob")
+        if prob_layer is not None:
+            r0, c0 = event.origin
+            for rows, cols in event.regions:
+                prows = _intersect(slice(rows.start + r0, rows.stop + r0), event.target[0])
+                pcols = _intersect(slice(cols.start + c0, cols.stop + c0), event.target[1])
+                local = (slice(prows.start - r0, prows.stop - r0),
+                         slice(pcols.start - c0, pcols.stop - c0))
+                prob_layer.data[(*event.index, prows, pcols)] = 1.0 - event.probabilities[
+                    (0, *local)]
+            now = time.monotonic()
+            if event.labels is not None or now - self._last_refresh > REFRESH_INTERVAL:
+                prob_layer.refresh()
+                self._last_refresh = now
+        if event.labels is not None:
+            labels_layer = job["labels"]
+            labels_layer.data[(*event.index, *event.target)] = event.labels
+            labels_layer.refresh()
+            job["planes_done"] += 1
+            job["cells"] += int(np.count_nonzero(np.unique(event.labels)))
+        where = f"plane {event.index[0] if event.index else 0}"
+        self.status.value = (f"{where} ({event.job + 1}/{event.n_jobs}): "
+                             f"tile batch {event.done}/{event.total}")
+        if event.message:
+            show_info(event.message)
+
+    def _on_returned(self, next_label: int) -> None:
+        job = self._job
+        self.status.value = (f"Done: {job['cells']} cells in {job['planes_done']} plane(s) → "
+                             f"'{job['labels'].name}'.")
+
+    def _on_aborted(self) -> None:
+        job = self._job
+        self.status.value = (f"Cancelled: {job['planes_done']} of {job['n_planes']} plane(s) "
+                             "done and kept.")
+
+    def _on_errored(self, err: Exception) -> None:
+        self.status.value = f"Prediction failed: {err}"
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.predict_button.enabled = not running
+        self.cancel_button.enabled = running
+        for widget in (self.model_source, self.model_file, self.image_layer, self.scope,
+                       self.tile_size, self.device, self.tta, self.show_probabilities):
+            widget.enabled = not running
+
+    def _on_predict_clicked(self) -> None:
+        try:
+            self.start()
+        except ValueError as err:
+            show_error(f"Cannot predict: {err}")
+
+    def _on_use_clicked(self) -> None:
+        try:
+            self.use_as_annotation()
+        except ValueError as err:
+            show_error(f"Cannot use the prediction as annotation: {err}")
+
+    def _on_model_source_changed(self, value: Any = None) -> None:
+        self.model_file.visible = self.model_source.value == "file"
+        self._update_model_info()
+
+    def _on_model_file_changed(self, value: Any = None) -> None:
+        from napari_unet.core.checkpoint import ModelFileError, load_model
+
+        self._file_model = None
+        path = self.model_file.value
+        if path is not None:
+            try:
+                self._file_model = load_model(path)
+            except ModelFileError as err:
+                show_error(f"Cannot load the model: {err}")
+        self._update_model_info()
+
+    def _on_model_changed(self, model: Any = None) -> None:
+        self._update_model_info()
+
+    def _update_model_info(self) -> None:
+        model = self.model
+        if model is None:
+            self.model_info.value = (
+                "No model yet: train one in '3. Train'."
+                if self.model_source.value == "current" else "Choose a napari-unet model file."
+            )
+            return
+        config = model.config
+        text = f"U-Net: depth {config.depth}, {config.base_channels} base channels"
+        steps = model.metadata.get("best_step") if isinstance(model.metadata, dict) else None
+        if steps:
+            text += f", checkpoint of training step {steps}"
+        self.model_info.value = text
+
+    def _on_image_changed(self, value: Any = None) -> None:
+        image = self.image_layer.value
+        if image is None:
+            return
+        from napari.layers import Labels
+
+        for layer in self._viewer.layers:
+            info = layer.metadata.get(METADATA_KEY) if isinstance(layer, Labels) else None
+            if isinstance(info, dict) and info.get("image") == image.name:
+                if layer in self.annotation_layer.choices:
+                    self.annotation_layer.value = layer
+                break

@@ -1,0 +1,511 @@
+"""The "3. Train" dock widget: fine-tune a U-Net on the annotations of this viewer.
+
+The widget gathers training crops from a Labels layer (its fully annotated
+planes and rectangles), builds a :class:`~napari_unet.core.TrainConfig` from
+the form, and runs :func:`~napari_unet.core.iter_train` in a napari worker.
+It plots the loss and validation scores as they arrive, stops cooperatively
+(the core returns the best model so far) and hands the trained model to the
+viewer's session, where the Predict widget picks it up.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
+from napari.utils.notifications import show_error, show_info
+
+from napari_unet._widgets._session import METADATA_KEY, get_session
+from napari_unet._widgets._settings import load_settings, save_settings
+
+if TYPE_CHECKING:
+    import napari
+    from napari.qt.threading import GeneratorWorker
+
+    from napari_unet.core.annotations import Crop, Rectangle
+    from napari_unet.core.model import UNet
+    from napari_unet.core.training import TrainConfig, TrainProgress, TrainResult
+
+#: "Start from" choices: (label shown, value).
+START_CHOICES = [
+    ("scratch (new network)", "scratch"),
+    ("current model", "current"),
+    ("model file", "file"),
+]
+DEVICES = ["auto", "cpu", "cuda", "mps"]
+BASE_CHANNELS = [8, 16, 32, 64]
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as ``"1 h 02 min"``, ``"3 min 05 s"`` or ``"42 s"``.
+
+    Examples
+    --------
+    >>> format_duration(185)
+    '3 min 05 s'
+    """
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
+
+
+def auto_validate_every(steps: int) -> int:
+    """Steps between validations: about 20 per run, every 5 to 100 steps (and the last)."""
+    return int(np.clip(steps // 20, 5, 100))
+
+
+def regions_layer_name(labels_name: str) -> str:
+    """Name of the Shapes layer holding the annotated rectangles of a Labels layer."""
+    return f"{labels_name} regions"
+
+
+class TrainWidget(Container):
+    """Train or fine-tune a U-Net on the annotated planes and regions of a Labels layer.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+
+    Attributes
+    ----------
+    labels_layer, image_layer : magicgui widgets
+        Annotations (Labels layer) and the image they annotate.
+    all_layers : CheckBox
+        Also use every other annotated Labels layer of the viewer.
+    start_from : ComboBox
+        ``"scratch"``, ``"current"`` (the session's model) or ``"file"``.
+    steps, minutes : SpinBox, FloatSpinBox
+        Budget: optimisation steps and wall time (0 = no time limit).
+    plot : TrainingPlot
+        Live loss / validation plot.
+    last_result : TrainResult or None
+        Result of the last finished training.
+    """
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self._viewer = viewer
+        self._worker: GeneratorWorker | None = None
+        self._stop_event = threading.Event()
+        self._job_layers: list[str] = []
+        self._hooked_labels: Any = None
+        self.last_result: TrainResult | None = None
+        settings = load_settings()
+
+        self.labels_layer = create_widget(annotation="napari.layers.Labels",
+                                          label="Annotations")
+        self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
+        self.all_layers = CheckBox(text="Also use other annotated layers", value=False)
+        self.data_info = Label(value="", label="Training data")
+        self.start_from = ComboBox(choices=START_CHOICES, value="scratch", label="Start from")
+        self.model_file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
+        self.steps = SpinBox(value=int(settings["steps"]), min=1, max=1_000_000, step=50,
+                             label="Steps")
+        self.minutes = FloatSpinBox(value=float(settings["minutes"]), min=0.0, max=10_000.0,
+                                    step=1.0, label="Max minutes",
+                                    tooltip="Wall-time budget; 0 = no time limit")
+        base = int(settings["base_channels"])
+        self.base_channels = ComboBox(
+            choices=BASE_CHANNELS, value=base if base in BASE_CHANNELS else 16,
+            label="Model size", tooltip="Channels of the first level (the paper uses 64; "
+            "16 trains fast on a CPU)",
+        )
+        device = str(settings["device"])
+        self.device = ComboBox(choices=DEVICES, value=device if device in DEVICES else "auto",
+                               label="Device")
+        self.weight_map = CheckBox(
+            text="U-Net weight map (separate touching cells)", value=True,
+            tooltip="Paper's border weights (w0, sigma) on top of class balance; "
+            "off = class balance only",
+        )
+        self.w0 = FloatSpinBox(value=float(settings["w0"]), min=0.0, max=100.0, step=1.0,
+                               label="w0")
+        self.sigma = FloatSpinBox(value=float(settings["sigma"]), min=0.5, max=50.0, step=0.5,
+                                  label="sigma (px)")
+        self.patch_size = SpinBox(value=380, min=64, max=2048, step=16, label="Patch size",
+                                  tooltip="Input patch edge (rounded up to a valid size)")
+        self.batch_size = SpinBox(value=2, min=1, max=64, label="Batch size")
+        self.learning_rate = FloatSpinBox(value=1e-3, min=1e-4, max=1.0, step=1e-4,
+                                          label="Learning rate",
+                                          tooltip="Adam's initial learning rate (cosine decay)")
+        self.validate = CheckBox(
+            text="Validate on the last annotated plane/region", value=True,
+            tooltip="Hold out the last annotated example (when there are >= 2) to score "
+            "the model and keep the best one",
+        )
+        self.train_button = PushButton(text="Train")
+        self.stop_button = PushButton(text="Stop", enabled=False)
+        self.save_button = PushButton(text="Save model…", enabled=False)
+        buttons = Container(widgets=[self.train_button, self.stop_button, self.save_button],
+                            layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        self.status = Label(value="Not trained yet.", label="Status")
+
+        self.extend([
+            self.labels_layer, self.image_layer, self.all_layers, self.data_info,
+            self.start_from, self.model_file, self.steps, self.minutes, self.base_channels,
+            self.device, self.weight_map, self.w0, self.sigma, self.patch_size,
+            self.batch_size, self.learning_rate, self.validate, buttons, self.status,
+        ])
+
+        for label in (self.data_info, self.status):
+            label.native.setWordWrap(True)
+        from napari_unet._widgets._plot import TrainingPlot
+
+        self.plot = TrainingPlot(viewer)
+        self.native.layout().addWidget(self.plot)
+
+        self.labels_layer.changed.connect(self._on_labels_changed)
+        viewer.layers.events.inserted.connect(self.update_summary)
+        viewer.layers.events.removed.connect(self.update_summary)
+        self.start_from.changed.connect(self._on_start_from_changed)
+        self.weight_map.changed.connect(self._on_weight_map_changed)
+        self.train_button.changed.connect(self._on_train_clicked)
+        self.stop_button.changed.connect(self.stop)
+        self.save_button.changed.connect(self._on_save_clicked)
+        get_session(viewer).model_changed.connect(self._on_model_changed)
+        self._on_start_from_changed()
+        self._on_labels_changed()
+
+    # -- public API -------------------------------------------------------
+    @property
+    def is_running(self) -> bool:
+        """True while a training worker runs."""
+        return self._worker is not None
+
+    def start(self) -> GeneratorWorker:
+        """Start training with the form's values.
+
+        Returns
+        -------
+        worker : GeneratorWorker
+            The running napari worker (yields ``TrainProgress``, returns ``TrainResult``).
+
+        Raises
+        ------
+        ValueError
+            If training is running, nothing is annotated, or the starting
+            model is missing or does not fit the image.
+        """
+        from napari.qt.threading import create_worker
+
+        from napari_unet.core.training import iter_train
+
+        if self.is_running:
+            raise ValueError("training is already running")
+        self.update_summary()
+        crops, sources = self._collect_crops()
+        model = self._starting_model()
+        channels = 1 if crops[0].image.ndim == 2 else crops[0].image.shape[0]
+        if model is not None and model.in_channels != channels:
+            raise ValueError(
+                f"the starting model expects {model.in_channels} channel(s) but the image has "
+                f"{channels}; train from scratch or pick another model"
+            )
+        config = self._config()
+        save_settings(steps=config.steps, minutes=float(self.minutes.value),
+                      base_channels=int(self.base_channels.value), device=self.device.value,
+                      w0=config.w0, sigma=config.sigma)
+
+        self._stop_event.clear()
+        self._job_layers = sources
+        self.plot.clear()
+        worker = create_worker(
+            iter_train,
+            [c.image for c in crops],
+            [c.labels for c in crops],
+            masks=[c.mask for c in crops],
+            model=model,
+            config=config,
+            device=self.device.value,
+            should_stop=self._stop_event.is_set,
+            _progress={"total": config.steps, "desc": "Training U-Net"},
+        )
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(self._on_trained)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(self._on_finished)
+        self._worker = worker
+        self._set_running(True)
+        held_out = " (the last one held out for validation)" if (
+            config.validation == "auto" and len(crops) >= 2) else ""
+        self.status.value = f"Training on {len(crops)} example(s){held_out}…"
+        worker.start()
+        return worker
+
+    def stop(self) -> None:
+        """Stop after the current step; the best model so far is kept."""
+        if self._worker is not None:
+            self._stop_event.set()
+            self.status.value = "Stopping after this step…"
+
+    def save_model(self, path: str | Path) -> Path:
+        """Save the last trained model (or the session's model) to ``path``.
+
+        Returns
+        -------
+        path : Path
+        """
+        from napari_unet.core.checkpoint import save_model
+
+        session = get_session(self._viewer)
+        model = self.last_result.model if self.last_result is not None else session.model
+        if model is None:
+            raise ValueError("there is no trained model to save yet")
+        path = Path(path)
+        if not path.suffix:
+            path = path.with_suffix(".pt")
+        saved = save_model(path, model, training_layers=self._job_layers)
+        if session.model is model:
+            session.set_model(model, saved)
+        show_info(f"Saved the U-Net model to {saved}")
+        return saved
+
+    # -- gathering --------------------------------------------------------
+    def _pairs(self) -> list[tuple[Any, Any]]:
+        """(image layer, labels layer) pairs to train on."""
+        labels, image = self.labels_layer.value, self.image_layer.value
+        if labels is None or image is None:
+            raise ValueError("choose an annotation (Labels) layer and its Image layer")
+        pairs = [(image, labels)]
+        if self.all_layers.value:
+            from napari.layers import Image, Labels
+
+            for layer in self._viewer.layers:
+                info = layer.metadata.get(METADATA_KEY) if isinstance(layer, Labels) else None
+                name = info.get("image") if isinstance(info, dict) else None
+                if layer.name == labels.name or name not in self._viewer.layers:
+                    continue
+                other = self._viewer.layers[name]
+                if isinstance(other, Image):
+                    pairs.append((other, layer))
+        return pairs
+
+    def _rectangles(self, labels: Any) -> list[Rectangle]:
+        """Annotated rectangles from the ``"<labels> regions"`` Shapes layer, if any."""
+        name = regions_layer_name(labels.name)
+        if name not in self._viewer.layers:
+            return []
+        try:
+            from napari_unet._widgets.annotate import rectangles_from_shapes
+        except ImportError:  # pragma: no cover - the annotation widget ships with us
+            return []
+        return list(rectangles_from_shapes(self._viewer.layers[name], labels))
+
+    def _collect_crops(self) -> tuple[list[Crop], list[str]]:
+        """Training crops of every pair (copied, so painting during training is safe)."""
+        from napari_unet.core.annotations import Crop, training_crops
+
+        crops: list[Crop] = []
+        sources: list[str] = []
+        unmarked: list[str] = []
+        for image, labels in self._pairs():
+            spatial = image.data.shape[:-1] if image.rgb else image.data.shape
+            if tuple(spatial) != tuple(labels.data.shape):
+                raise ValueError(
+                    f"'{labels.name}' has shape {tuple(labels.data.shape)} but '{image.name}' "
+                    f"has shape {tuple(spatial)}; choose the image the labels annotate"
+                )
+            if labels.data.ndim not in (2, 3):
+                raise ValueError(
+                    f"'{labels.name}' must be 2D or a stack of planes (3D), got "
+                    f"{labels.data.ndim} dimensions"
+                )
+            info = labels.metadata.get(METADATA_KEY) or {}
+            planes = [int(p) for p in info.get("planes", [])]
+            rectangles = self._rectangles(labels)
+            if not planes and not rectangles:
+                unmarked.append(labels.name)
+            found = training_crops(
+                image.data, labels.data, planes=planes, rectangles=rectangles,
+                channel_axis=-1 if image.rgb else None,
+            )
+            crops += [Crop(np.array(c.image), np.array(c.labels), np.array(c.mask), c.source)
+                      for c in found]
+            sources += [f"{labels.name}: {c.source}" for c in found]
+        if not crops:
+            raise ValueError(
+                "nothing to train on: paint some cells, then mark planes as annotated or draw "
+                "annotated rectangles (in '1. Annotate')"
+            )
+        if unmarked:
+            show_info(
+                f"No planes or regions are marked as annotated in {', '.join(unmarked)}: every "
+                "plane with painted cells counts as fully annotated (unpainted pixels = "
+                "background)."
+            )
+        return crops, sources
+
+    def _starting_model(self) -> UNet | None:
+        choice = self.start_from.value
+        if choice == "current":
+            model = get_session(self._viewer).model
+            if model is None:
+                raise ValueError("there is no current model: train from scratch or load a file")
+            return model
+        if choice == "file":
+            from napari_unet.core.checkpoint import load_model
+
+            if self.model_file.value is None:
+                raise ValueError("choose a model file to start from")
+            return load_model(self.model_file.value)
+        return None
+
+    def _config(self) -> TrainConfig:
+        from napari_unet.core.training import TrainConfig
+
+        steps = int(self.steps.value)
+        minutes = float(self.minutes.value)
+        return TrainConfig(
+            steps=steps,
+            minutes=minutes if minutes > 0 else None,
+            batch_size=int(self.batch_size.value),
+            learning_rate=float(self.learning_rate.value),
+            patch_size=int(self.patch_size.value),
+            weighting="unet" if self.weight_map.value else "balanced",
+            w0=float(self.w0.value),
+            sigma=float(self.sigma.value),
+            validation="auto" if self.validate.value else "none",
+            validate_every=auto_validate_every(steps),
+            base_channels=int(self.base_channels.value),
+        )
+
+    # -- slots ------------------------------------------------------------
+    def _on_train_clicked(self) -> None:
+        try:
+            self.start()
+        except ValueError as err:  # bad input: tell the user, keep the form
+            show_error(f"Cannot train: {err}")
+
+    def _on_save_clicked(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        session = get_session(self._viewer)
+        default = str(session.model_path or Path.home() / "unet-model.pt")
+        path, _ = QFileDialog.getSaveFileName(self.native, "Save U-Net model", default,
+                                              "napari-unet model (*.pt)")
+        if path:
+            self.save_model(path)
+
+    def _on_labels_changed(self, value: Any = None) -> None:
+        labels = self.labels_layer.value
+        if self._hooked_labels is not None:
+            self._hooked_labels.events.metadata.disconnect(self.update_summary)
+        self._hooked_labels = labels
+        if labels is not None:
+            labels.events.metadata.connect(self.update_summary)
+            name = (labels.metadata.get(METADATA_KEY) or {}).get("image")
+            if name in self._viewer.layers:
+                image = self._viewer.layers[name]
+                if image in self.image_layer.choices:
+                    self.image_layer.value = image
+        self.update_summary()
+
+    def update_summary(self, event: Any = None) -> str:
+        """Describe what the chosen Labels layer marks as annotated (shown in the form)."""
+        labels = self.labels_layer.value
+        if labels is None:
+            text = "Add or choose a Labels layer with annotations."
+        else:
+            planes = list((labels.metadata.get(METADATA_KEY) or {}).get("planes", []))
+            regions = regions_layer_name(labels.name)
+            n_regions = (len(self._viewer.layers[regions].data)
+                         if regions in self._viewer.layers else 0)
+            parts = []
+            if planes:
+                parts.append(f"{len(planes)} annotated plane(s)")
+            if n_regions:
+                parts.append(f"{n_regions} annotated region(s)")
+            text = (" + ".join(parts) if parts
+                    else "Nothing marked: painted planes count as fully annotated.")
+        self.data_info.value = text
+        return text
+
+    def _on_start_from_changed(self, value: Any = None) -> None:
+        choice = self.start_from.value
+        self.model_file.visible = choice == "file"
+        self.base_channels.enabled = choice == "scratch"
+
+    def _on_weight_map_changed(self, value: Any = None) -> None:
+        self.w0.enabled = self.sigma.enabled = bool(self.weight_map.value)
+
+    def _on_model_changed(self, model: Any = None) -> None:
+        self.save_button.enabled = not self.is_running and (
+            self.last_result is not None or model is not None
+        )
+
+    def _on_progress(self, event: TrainProgress) -> None:
+        self.plot.add_loss(event.step, event.loss)
+        parts = [f"step {event.step}/{event.total_steps}", f"loss {event.loss:.3f}"]
+        if event.validation is not None:
+            v = event.validation
+            self.plot.add_validation(event.step, v["iou"], v["f1"])
+        if event.best_score is not None:
+            parts.append(f"best score {event.best_score:.2f}")
+        parts.append(f"ETA {format_duration(event.eta)}")
+        if not self._stop_event.is_set():
+            self.status.value = " · ".join(parts)
+
+    def _on_trained(self, result: TrainResult) -> None:
+        self.last_result = result
+        get_session(self._viewer).set_model(result.model)
+        reason = {
+            "steps": "all steps done",
+            "time": "time budget spent",
+            "early": "no more improvement (early stop)",
+            "stopped": "stopped",
+        }.get(result.stopped, result.stopped)
+        if result.best_score is not None:
+            history = {h["step"]: h for h in result.history}
+            best = history.get(result.best_step, {})
+            score = (
+                f"best validation score {result.best_score:.2f} "
+                f"(IoU {best.get('iou', 0):.2f}, F1 {best.get('f1', 0):.2f}) "
+                f"at step {result.best_step}"
+            )
+        else:
+            score = "no validation (fewer than 2 annotated examples)"
+        summary = f"{result.steps} steps in {format_duration(result.elapsed)}"
+        self.status.value = f"Done ({reason}): {summary}; {score}."
+        show_info(
+            f"U-Net training finished ({reason}): {score}; {summary}. It is now the current "
+            "model for '4. Predict'; use 'Save model…' to keep it."
+        )
+
+    def _on_errored(self, err: Exception) -> None:
+        self.status.value = f"Training failed: {err}"
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.enabled = not running
+        self.stop_button.enabled = running
+        self.save_button.enabled = not running and (
+            self.last_result is not None or get_session(self._viewer).model is not None
+        )
+        for widget in (self.labels_layer, self.image_layer, self.start_from, self.steps,
+                       self.minutes, self.device):
+            widget.enabled = not running
+        if not running:
+            self._on_start_from_changed()
+

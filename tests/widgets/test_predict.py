@@ -1,0 +1,333 @@
+"""The "4. Predict" widget: streamed tiled prediction, scopes, cancel, model errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet._widgets._session import annotation_info, get_session
+
+TIMEOUT = 120_000
+TILE = 204  # 16 x 16 output pixels per tile for a depth-4 valid U-Net: many tiles
+
+pytestmark = pytest.mark.gui
+
+
+def touching_disks(shape=(96, 96), n=10, seed=0):
+    """Instance labels of random touching disks."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint16)
+    for i in range(1, n + 1):
+        r = int(rng.integers(6, 11))
+        center = rng.integers(r, np.array(shape) - r)
+        labels[disk(tuple(center), r, shape=shape)] = i
+    return labels
+
+
+def image_of(labels, seed=0):
+    rng = np.random.default_rng(seed)
+    return ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(
+        np.uint8
+    )
+
+
+def threshold_unet(base_channels=4):
+    """A U-Net whose weights threshold the normalized image at 0.5 (no training needed).
+
+    Only the top level's center taps and the head are non-zero: the skip
+    connection carries ReLU(x) to the head, which outputs a * (x - 0.5).
+    """
+    import torch
+
+    from napari_unet.core.model import UNet
+
+    net = UNet(base_channels=base_channels, dropout=0.0)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        for block in (net.down[0], net.up[-1]):
+            block[0].weight[0, 0, 1, 1] = 1.0
+            block[3].weight[0, 0, 1, 1] = 1.0
+        net.head.weight[1, 0] = 20.0
+        net.head.bias[1] = -10.0
+    return net.eval()
+
+
+@pytest.fixture
+def stack_viewer(make_napari_viewer):
+    viewer = make_napari_viewer()
+    truth = np.stack([touching_disks(seed=s) for s in range(3)])
+    image = np.stack([image_of(t, seed=s) for s, t in enumerate(truth)])
+    viewer.add_image(image, name="cells", scale=(1.0, 0.5, 0.5))
+    return viewer
+
+
+def open_predict(viewer, **values):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    widget.image_layer.value = viewer.layers["cells"]
+    defaults = {"tile_size": TILE, "device": "cpu", "min_size": 4}
+    for name, value in {**defaults, **values}.items():
+        getattr(widget, name).value = value
+    return widget
+
+
+def core_segment(model, image, **kwargs):
+    from napari_unet.core.segment import PlaneDone, iter_segment
+
+    out = np.zeros(image.shape, np.uint32)
+    for event in iter_segment(model, image, device="cpu", **kwargs):
+        if isinstance(event, PlaneDone):
+            out[event.index] = event.labels
+    return out
+
+
+def test_whole_stack_equals_core_segmentation(stack_viewer, qtbot):
+    viewer = stack_viewer
+    model = threshold_unet()
+    widget = open_predict(viewer, scope="stack", show_probabilities=True)
+    assert "No model yet" in widget.model_info.value
+    get_session(viewer).set_model(model)  # e.g. just trained
+    assert "4 base channels" in widget.model_info.value
+
+    worker = widget.start()
+    assert widget.is_running and not widget.predict_button.enabled
+    events = []
+    worker.yielded.connect(events.append)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    labels = viewer.layers["cells prediction"]
+    assert labels.data.dtype == np.uint32
+    assert labels.data.shape == (3, 96, 96)
+    np.testing.assert_allclose(labels.scale, viewer.layers["cells"].scale)
+    for plane in labels.data:
+        assert len(np.unique(plane)) > 3  # instances in every plane
+    ids = [set(np.unique(p)) - {0} for p in labels.data]
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])
+    expected = core_segment(model, viewer.layers["cells"].data, tile_size=TILE, min_size=4)
+    np.testing.assert_array_equal(labels.data, expected)
+
+    # the probability layer was filled tile by tile, then matches the labels
+    prob = viewer.layers["cells probability"]
+    assert prob.data.shape == (3, 96, 96) and prob.colormap.name == "magma"
+    assert ((prob.data > 0.5) == (expected > 0)).mean() > 0.98
+    assert events and all(e.regions for e in events)
+    assert [e.done for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].done == events[-1].total == worker.pbar.total
+    assert sum(e.labels is not None for e in events) == 3
+    assert "Done" in widget.status.value
+    from napari_unet._widgets._settings import load_settings
+
+    assert load_settings()["tile_size"] == TILE and load_settings()["device"] == "cpu"
+
+    # a second run reuses the layers (no duplicates)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert [layer.name for layer in viewer.layers] == ["cells", "cells probability",
+                                                       "cells prediction"]
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
+
+
+def test_current_plane_only_fills_that_plane(stack_viewer, qtbot):
+    viewer = stack_viewer
+    get_session(viewer).set_model(threshold_unet())
+    widget = open_predict(viewer, scope="plane")
+    viewer.dims.set_current_step(0, 1)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    data = viewer.layers["cells prediction"].data
+    assert data[1].any() and not data[0].any() and not data[2].any()
+    first = data[1].max()
+
+    # growing the cells keeps their number and adds area
+    area, cells = np.count_nonzero(data[1]), len(np.unique(data[1]))
+    widget.expand.value = 2
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert len(np.unique(data[1])) == cells and np.count_nonzero(data[1]) > area
+    assert data[1].max() == first  # the plane's old labels were replaced, not added to
+    widget.expand.value = 0
+
+    # predicting another plane continues the ids
+    viewer.dims.set_current_step(0, 2)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert data[2].any() and not data[0].any()
+    assert data[2][data[2] > 0].min() == first + 1
+
+
+def test_field_of_view_predicts_visible_region(stack_viewer, qtbot):
+    viewer = stack_viewer
+    model = threshold_unet()
+    get_session(viewer).set_model(model)
+    widget = open_predict(viewer, scope="view")
+    viewer.dims.set_current_step(0, 0)
+    # show about the top-left quarter of the image (world units: 0.5 px scale)
+    height, width = viewer.canvas.size
+    viewer.scene.camera.zoom = max(height, width) / 20.0
+    viewer.scene.camera.center = (0.0, 12.0, 12.0)
+    rows, cols = widget.field_of_view()
+    assert 0 <= rows.start < rows.stop < 96 and 0 <= cols.start < cols.stop < 96
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    data = viewer.layers["cells prediction"].data[0]
+    inside = np.zeros(data.shape, bool)
+    inside[rows, cols] = True
+    assert data[inside].any() and not data[~inside].any()
+    # the visible region gets the whole plane's probabilities (context is included)
+    whole = core_segment(model, viewer.layers["cells"].data, planes=[(0,)], tile_size=TILE,
+                         min_size=1)[0]
+    assert ((data[inside] > 0) == (whole[inside] > 0)).all()
+
+
+def test_cancel_keeps_a_consistent_partial_result(stack_viewer, qtbot):
+    import time
+
+    viewer = stack_viewer
+    model = threshold_unet()
+    forward = model.forward
+
+    def slow_forward(x):  # >= 5 s for the 108 tiles: the cancel surely comes first
+        time.sleep(0.05)
+        return forward(x)
+
+    model.forward = slow_forward
+    get_session(viewer).set_model(model)
+    widget = open_predict(viewer, scope="stack")
+    events = []
+
+    def cancel_on_first(event):
+        events.append(event)
+        widget.cancel_button.clicked.emit()  # the Cancel button
+
+    worker = widget.start()
+    worker.yielded.connect(cancel_on_first)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    assert events
+    assert "Cancelled" in widget.status.value
+    data = viewer.layers["cells prediction"].data
+    expected = core_segment(threshold_unet(), viewer.layers["cells"].data, tile_size=TILE,
+                            min_size=4)
+    done = [p for p in range(3) if data[p].any()]
+    assert len(done) < 3
+    for p in range(3):  # every plane is either finished (as the core does it) or empty
+        if p in done:
+            np.testing.assert_array_equal(data[p], expected[p])
+        else:
+            assert not data[p].any()
+    assert widget.predict_button.enabled and not widget.cancel_button.enabled
+
+
+def test_model_file_and_bad_file(stack_viewer, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet.core.checkpoint import ModelFileError, save_model
+
+    viewer = stack_viewer
+    widget = open_predict(viewer, scope="plane", model_source="file")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"definitely not a model")
+    before = len(notification_manager.records)
+    widget.model_file.value = bad
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("Cannot load the model" in m and "bad.pt" in m for m in messages)
+    with pytest.raises(ModelFileError):
+        widget.start()
+    before = len(notification_manager.records)
+    widget.predict_button.clicked.emit()
+    assert any("Cannot predict" in str(n.message)
+               for n in notification_manager.records[before:])
+    assert not widget.is_running and "cells prediction" not in viewer.layers
+
+    good = save_model(tmp_path / "good.pt", threshold_unet())
+    widget.model_file.value = good
+    assert "4 base channels" in widget.model_info.value
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert viewer.layers["cells prediction"].data.any()
+
+
+def test_test_time_augmentation(stack_viewer, qtbot):
+    viewer = stack_viewer
+    get_session(viewer).set_model(threshold_unet())
+    widget = open_predict(viewer, scope="plane", tta=True)
+    viewer.dims.set_current_step(0, 0)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    # the thresholding network is pointwise, so TTA must not change its result
+    expected = core_segment(threshold_unet(), viewer.layers["cells"].data, planes=[(0,)],
+                            tile_size=TILE, min_size=4)
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
+
+
+def test_use_as_annotation(stack_viewer, qtbot):
+    viewer = stack_viewer
+    annotations = viewer.add_labels(np.zeros((3, 96, 96), np.uint16), name="annotations")
+    annotations.data[0, 10:20, 10:20] = 3
+    info = annotation_info(annotations)
+    info["planes"] = [0]
+    info["image"] = "cells"
+    get_session(viewer).set_model(threshold_unet())
+    widget = open_predict(viewer, scope="stack")
+    assert widget.annotation_layer.value is annotations  # found through annotation_info
+    with pytest.raises(ValueError, match="predict first"):
+        widget.use_as_annotation()
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    viewer.dims.set_current_step(0, 2)
+    n = widget.use_as_annotation()
+    predicted = viewer.layers["cells prediction"].data[2]
+    assert n == len(np.unique(predicted)) - 1 > 0
+    np.testing.assert_array_equal(annotations.data[2] > 0, predicted > 0)
+    assert annotations.data[2].min() == 0 and annotations.data[2][predicted > 0].min() == 4
+    assert annotations.data[0, 15, 15] == 3 and not annotations.data[1].any()  # untouched
+    assert info["planes"] == [0]  # not marked: the user corrects first
+    annotations.undo()  # it was recorded like painting
+    assert not annotations.data[2].any()
+
+    widget.mark_annotated.value = True
+    viewer.dims.set_current_step(0, 1)
+    widget.use_as_annotation()
+    assert annotations.data[1].any()
+    assert annotation_info(annotations)["planes"] == [0, 1]
+
+    widget.annotation_layer.value = viewer.layers["cells prediction"]
+    with pytest.raises(ValueError, match="not the prediction"):
+        widget.use_as_annotation()
+
+
+def test_big_stacks_stream_into_zarr(stack_viewer, qtbot, monkeypatch):
+    from napari_unet._widgets import annotate
+
+    monkeypatch.setattr(annotate, "NUMPY_LIMIT_BYTES", 0)  # every new output goes to zarr
+    viewer = stack_viewer
+    model = threshold_unet()
+    get_session(viewer).set_model(model)
+    widget = open_predict(viewer, scope="stack", show_probabilities=True)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    labels = viewer.layers["cells prediction"]
+    assert not isinstance(labels.data, np.ndarray)
+    assert not isinstance(viewer.layers["cells probability"].data, np.ndarray)
+    expected = core_segment(model, viewer.layers["cells"].data, tile_size=TILE, min_size=4)
+    np.testing.assert_array_equal(np.asarray(labels.data[:]), expected)
+
+    # re-predicting one plane keeps ids unique (the largest id is found plane by plane)
+    widget.scope.value = "plane"
+    viewer.dims.set_current_step(0, 0)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    plane0 = np.asarray(labels.data[0])
+    assert plane0[plane0 > 0].min() == expected.max() + 1
+    np.testing.assert_array_equal(plane0 > 0, expected[0] > 0)
+
+    # and the prediction can seed a zarr-backed annotation layer
+    annotations = viewer.add_labels(annotate.allocate_zeros((3, 96, 96), np.uint32),
+                                    name="annotations")
+    widget.annotation_layer.value = annotations
+    viewer.dims.set_current_step(0, 2)
+    assert widget.use_as_annotation() > 0
+    np.testing.assert_array_equal(np.asarray(annotations.data[2]) > 0, expected[2] > 0)

@@ -1,0 +1,228 @@
+"""The "3. Train" widget: training in a worker, plot, stop, save, fine-tune."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet._widgets._session import annotation_info, get_session
+
+TIMEOUT = 120_000
+
+pytestmark = pytest.mark.gui
+
+
+def touching_disks(shape=(96, 96), n=10, seed=0):
+    """Instance labels of random touching disks."""
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint16)
+    for i in range(1, n + 1):
+        r = int(rng.integers(6, 11))
+        center = rng.integers(r, np.array(shape) - r)
+        labels[disk(tuple(center), r, shape=shape)] = i
+    return labels
+
+
+def image_of(labels, seed=0):
+    """A noisy fluorescence-like image of ``labels``."""
+    rng = np.random.default_rng(seed)
+    return ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(
+        np.uint8
+    )
+
+
+@pytest.fixture
+def annotated(make_napari_viewer):
+    """A viewer with a 3-plane stack whose planes 0 and 1 are annotated."""
+    viewer = make_napari_viewer()
+    truth = np.stack([touching_disks(seed=s) for s in range(3)])
+    image = np.stack([image_of(t, seed=s) for s, t in enumerate(truth)])
+    viewer.add_image(image, name="cells")
+    annotations = np.zeros_like(truth)
+    annotations[:2] = truth[:2]
+    labels = viewer.add_labels(annotations, name="cells annotations")
+    info = annotation_info(labels)
+    info["planes"] = [0, 1]
+    info["image"] = "cells"
+    return viewer
+
+
+def open_train(viewer, **values):
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    widget.labels_layer.value = viewer.layers["cells annotations"]
+    defaults = {"steps": 6, "patch_size": 188, "batch_size": 1, "base_channels": 8,
+                "minutes": 0.0, "device": "cpu"}
+    for name, value in {**defaults, **values}.items():
+        getattr(widget, name).value = value
+    return widget
+
+
+def test_train_sets_session_model_and_plots(annotated, qtbot):
+    viewer = annotated
+    widget = open_train(viewer)
+    assert widget.image_layer.value is viewer.layers["cells"]  # from annotation_info
+    assert "2 annotated plane" in widget.data_info.value
+    assert not widget.is_running
+    assert get_session(viewer).model is None
+
+    worker = widget.start()
+    assert widget.is_running
+    assert not widget.train_button.enabled and widget.stop_button.enabled
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    result = widget.last_result
+    assert result is not None and result.steps == 6 and result.stopped == "steps"
+    model = get_session(viewer).model
+    assert model is result.model
+    assert model.config.base_channels == 8
+    assert widget.plot.steps == list(range(1, 7))
+    assert len(widget.plot.losses) == 6 and np.isfinite(widget.plot.losses).all()
+    # plane 1 was held out for validation; it ran at least at the last step
+    assert widget.plot.validation_steps and widget.plot.validation_steps[-1] == 6
+    assert 0.0 <= widget.plot.ious[-1] <= 1.0
+    assert "step 6/6" in widget.status.value or "Done" in widget.status.value
+    assert widget.train_button.enabled and not widget.stop_button.enabled
+    assert widget.save_button.enabled
+    assert worker.pbar is not None  # napari's activity-dock progress bar
+    from napari_unet._widgets._settings import load_settings
+
+    saved = load_settings()  # the form's choices are remembered
+    assert saved["steps"] == 6 and saved["base_channels"] == 8 and saved["device"] == "cpu"
+
+
+def test_stop_keeps_best_model(annotated, qtbot):
+    widget = open_train(annotated, steps=5000)
+    events = []
+
+    def stop_on_first(event):
+        events.append(event)
+        widget.stop()
+
+    worker = widget.start()
+    worker.yielded.connect(stop_on_first)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    assert events
+    result = widget.last_result
+    assert result is not None
+    assert result.stopped == "stopped"
+    assert result.steps < 5000
+    assert get_session(annotated).model is result.model
+
+
+def test_save_model_and_finetune(annotated, qtbot, tmp_path):
+    from napari_unet.core.checkpoint import load_model
+
+    widget = open_train(annotated, steps=3)
+    with pytest.raises(ValueError, match="no trained model"):
+        widget.save_model(tmp_path / "none.pt")
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    first = get_session(annotated).model
+
+    path = widget.save_model(tmp_path / "model")
+    assert path == tmp_path / "model.pt" and path.is_file()
+    loaded = load_model(path)
+    assert loaded.config == first.config
+    for key, value in first.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key].numpy(), value.numpy())
+    assert get_session(annotated).model_path == path
+    assert "training_layers" in loaded.metadata
+
+    # fine-tune from the current (session) model: the architecture is kept
+    widget.start_from.value = "current"
+    widget.base_channels.value = 16  # ignored when fine-tuning
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    second = get_session(annotated).model
+    assert second is not first
+    assert second.config.base_channels == 8
+    changed = [not np.array_equal(second.state_dict()[k].numpy(), v.numpy())
+               for k, v in first.state_dict().items()]
+    assert any(changed)
+
+    # and from the saved file
+    widget.start_from.value = "file"
+    widget.model_file.value = path
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert get_session(annotated).model.config.base_channels == 8
+
+
+def test_bad_inputs_are_reported(annotated, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    widget = open_train(annotated)
+    widget.start_from.value = "current"
+    with pytest.raises(ValueError, match="no current model"):
+        widget.start()
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    widget.start_from.value = "file"
+    widget.model_file.value = bad
+    before = len(notification_manager.records)
+    widget.train_button.clicked.emit()  # the button reports instead of raising
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("Cannot train" in m and "bad.pt" in m for m in messages)
+    assert not widget.is_running
+
+    annotated.layers["cells annotations"].data[:] = 0
+    widget.start_from.value = "scratch"
+    with pytest.raises(ValueError, match="nothing to train on"):
+        widget.start()
+
+
+def test_unmarked_painted_planes_count_as_annotated(annotated, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    labels = annotated.layers["cells annotations"]
+    labels.metadata["napari_unet"]["planes"] = []
+    widget = open_train(annotated, steps=2)
+    assert "Nothing marked" in widget.data_info.value
+    before = len(notification_manager.records)
+    widget.start()
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("counts as fully annotated" in m for m in messages)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert widget.last_result is not None
+
+
+def test_train_on_annotated_rectangles(annotated, qtbot, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet.core.checkpoint import load_model
+
+    viewer = annotated
+    labels = viewer.layers["cells annotations"]
+    labels.metadata["napari_unet"]["planes"] = []  # only the rectangles are annotated
+    rectangles = [np.array([[p, 8, 8], [p, 8, 70], [p, 70, 70], [p, 70, 8]], float)
+                  for p in (0, 1)]
+    viewer.add_shapes(rectangles, shape_type="rectangle", name="cells annotations regions")
+    widget = open_train(viewer, steps=2)
+    assert "2 annotated region(s)" in widget.data_info.value
+    before = len(notification_manager.records)
+    widget.start()
+    assert not any("counts as fully annotated" in str(n.message)
+                   for n in notification_manager.records[before:])
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    model = load_model(widget.save_model(tmp_path / "rect.pt"))
+    sources = model.metadata["training_layers"]
+    assert len(sources) == 2 and all("rectangle" in s for s in sources)
+    assert model.metadata["training"]["n_images"] == 1
+    assert model.metadata["training"]["n_validation"] == 1
+
+
+def test_widget_modules_import_without_torch():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import napari_unet._widgets.train, napari_unet._widgets.predict\n"
+        "import napari_unet._widgets._plot\n"
+        "heavy = [m for m in ('torch', 'matplotlib') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
