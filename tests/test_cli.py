@@ -157,3 +157,16 @@ def test_train_bad_inputs(tmp_path, disks, capsys):
                      tmp_path / "m.tif"], capsys)
     assert code == 2 and ".pt" in err
     assert not out.exists()
+
+
+def test_demo_headless(tmp_path, capsys):
+    out = tmp_path / "demo"
+    code, err = run(["demo", "--out", out, "--steps", 2, "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert "on the unseen right half: F1@0.5" in err
+    assert tifffile.imread(out / "demo_labels.tif").shape == (520, 696)
+    from napari_unet.core.checkpoint import load_model
+
+    assert load_model(out / "demo_model.pt").metadata["demo"] is True
+    code, err = run(["demo", "--out", out, "--steps", 1, "--device", "cpu"], capsys)
+    assert code == 2 and "exists" in err

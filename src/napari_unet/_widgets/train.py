@@ -107,6 +107,7 @@ class TrainWidget(Container):
         self._stop_event = threading.Event()
         self._job_layers: list[str] = []
         self._hooked_labels: Any = None
+        self._hooked_regions: Any = None
         self.last_result: TrainResult | None = None
         settings = load_settings()
 
@@ -427,8 +428,11 @@ class TrainWidget(Container):
         else:
             planes = list((labels.metadata.get(METADATA_KEY) or {}).get("planes", []))
             regions = regions_layer_name(labels.name)
-            n_regions = (len(self._viewer.layers[regions].data)
-                         if regions in self._viewer.layers else 0)
+            shapes = self._viewer.layers[regions] if regions in self._viewer.layers else None
+            if shapes is not None and shapes is not self._hooked_regions:
+                shapes.events.data.connect(self.update_summary)  # rectangles drawn later
+                self._hooked_regions = shapes
+            n_regions = len(shapes.data) if shapes is not None else 0
             parts = []
             if planes:
                 parts.append(f"{len(planes)} annotated plane(s)")
