@@ -57,15 +57,22 @@ def main() -> None:
         net = UNet(base_channels=args.base_channels, depth=args.depth).eval()
         model = save_model(work / "model.pt", net)
         shape = (args.planes, args.size, args.size)
-        src = zarr.open(str(work / "in.zarr"), mode="w", shape=shape,
-                        chunks=(1, args.size, args.size), dtype="f4")
+        src = zarr.open(
+            str(work / "in.zarr"),
+            mode="w",
+            shape=shape,
+            chunks=(1, args.size, args.size),
+            dtype="f4",
+        )
         rng = np.random.default_rng(0)
         for i in range(args.planes):
             src[i] = rng.random((args.size, args.size), dtype=np.float32)
         mpix = np.prod(shape) / 1e6
-        print(f"stack {shape} float32 ({np.prod(shape) * 4 / 2**20:.0f} MB), valid U-Net "
-              f"base_channels={args.base_channels} depth={args.depth}, "
-              f"block {args.block_size}")
+        print(
+            f"stack {shape} float32 ({np.prod(shape) * 4 / 2**20:.0f} MB), valid U-Net "
+            f"base_channels={args.base_channels} depth={args.depth}, "
+            f"block {args.block_size}"
+        )
         print(f"{'setup':>34} {'wall s':>7} {'MP/s':>6} {'speed-up':>8}")
 
         one = None
@@ -75,14 +82,18 @@ def main() -> None:
             for i in range(args.planes):
                 predict_tiled(net, src[i], device="cpu")
             one = time.perf_counter() - start
-            print(f"{'predict_tiled, in-process, 1 thread':>34} {one:7.1f} {mpix / one:6.2f} "
-                  f"{1.0:8.2f}", flush=True)
+            print(
+                f"{'predict_tiled, in-process, 1 thread':>34} {one:7.1f} {mpix / one:6.2f} "
+                f"{1.0:8.2f}",
+                flush=True,
+            )
 
         first = None
         for n in args.workers:
             with (
-                LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                             dashboard_address=None) as cluster,
+                LocalCluster(
+                    n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None
+                ) as cluster,
                 Client(cluster) as client,
             ):
                 client.run(_one_torch_thread)
@@ -94,8 +105,11 @@ def main() -> None:
                 seconds = time.perf_counter() - start
                 first = first or seconds
                 base = one or first
-                print(f"{f'predict_dask, LocalCluster {n} worker(s)':>34} {seconds:7.1f} "
-                      f"{mpix / seconds:6.2f} {base / seconds:8.2f}", flush=True)
+                print(
+                    f"{f'predict_dask, LocalCluster {n} worker(s)':>34} {seconds:7.1f} "
+                    f"{mpix / seconds:6.2f} {base / seconds:8.2f}",
+                    flush=True,
+                )
                 plane = zarr.open(str(out), mode="r")[0]
         torch.set_num_threads(1)
         ref = predict_tiled(net, src[0], device="cpu")

@@ -98,35 +98,57 @@ def run_measured(cmd: list[str]) -> dict:
 
 def bench_stacks(args: argparse.Namespace, model: Path, work: Path) -> None:
     plane_bytes = args.plane * args.plane * 2
-    print(f"\n## napari-unet predict, {args.plane} x {args.plane} uint16 planes "
-          f"({plane_bytes / MB:.0f} MB each)")
-    print(f"{'stack':>9} {'planes':>6} {'wall s':>8} {'MP/s':>6} {'peak RSS MB':>11} "
-          f"{'peak private MB':>15} {'stack+prob MB':>13}")
-    baseline = run_measured([
-        sys.executable, "-c",
-        "import torch, tifffile, zarr, skimage.measure, napari_unet.cli, "
-        "napari_unet.core.segment, napari_unet.core.io",
-    ])
+    print(
+        f"\n## napari-unet predict, {args.plane} x {args.plane} uint16 planes "
+        f"({plane_bytes / MB:.0f} MB each)"
+    )
+    print(
+        f"{'stack':>9} {'planes':>6} {'wall s':>8} {'MP/s':>6} {'peak RSS MB':>11} "
+        f"{'peak private MB':>15} {'stack+prob MB':>13}"
+    )
+    baseline = run_measured(
+        [
+            sys.executable,
+            "-c",
+            "import torch, tifffile, zarr, skimage.measure, napari_unet.cli, "
+            "napari_unet.core.segment, napari_unet.core.io",
+        ]
+    )
     for gb in args.gb:
         n = max(1, round(gb * 1024**3 / plane_bytes))
         stack = work / "stack.tif"
         write_stack(stack, n, args.plane)
         out = work / "labels.tif"
-        cmd = [sys.executable, "-m", "napari_unet.cli", "predict", str(model), str(stack),
-               str(out), "--device", "cpu", "--overwrite"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "napari_unet.cli",
+            "predict",
+            str(model),
+            str(stack),
+            str(out),
+            "--device",
+            "cpu",
+            "--overwrite",
+        ]
         if args.tile_size:
             cmd += ["--tile-size", str(args.tile_size)]
         r = run_measured(cmd)
         pixels = n * args.plane * args.plane
         whole = n * plane_bytes * (1 + 2 * 2)  # the stack + float32 2-class probabilities
-        print(f"{n * plane_bytes / 1024**3:7.3f}GB {n:6d} {r['seconds']:8.1f} "
-              f"{pixels / 1e6 / r['seconds']:6.2f} {r['maxrss'] / MB:11.0f} "
-              f"{r['anon'] / MB:15.0f} {whole / MB:13.0f}", flush=True)
+        print(
+            f"{n * plane_bytes / 1024**3:7.3f}GB {n:6d} {r['seconds']:8.1f} "
+            f"{pixels / 1e6 / r['seconds']:6.2f} {r['maxrss'] / MB:11.0f} "
+            f"{r['anon'] / MB:15.0f} {whole / MB:13.0f}",
+            flush=True,
+        )
         stack.unlink()
         out.unlink(missing_ok=True)
-    print(f"(imports only: peak RSS {baseline['maxrss'] / MB:.0f} MB, private "
-          f"{baseline['anon'] / MB:.0f} MB; wall time includes ~{baseline['seconds']:.1f} s "
-          "of start-up)")
+    print(
+        f"(imports only: peak RSS {baseline['maxrss'] / MB:.0f} MB, private "
+        f"{baseline['anon'] / MB:.0f} MB; wall time includes ~{baseline['seconds']:.1f} s "
+        "of start-up)"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -160,16 +182,20 @@ print(json.dumps({"seconds": time.perf_counter() - start, "shape": list(out.shap
 
 def bench_one_plane(args: argparse.Namespace) -> None:
     size = args.monai_plane
-    print(f"\n## one {size} x {size} plane, base_channels={args.base_channels}, "
-          f"depth={args.depth}, input tiles/windows of {args.monai_tile}, "
-          f"{args.threads} torch thread(s), best of {args.repeat}")
+    print(
+        f"\n## one {size} x {size} plane, base_channels={args.base_channels}, "
+        f"depth={args.depth}, input tiles/windows of {args.monai_tile}, "
+        f"{args.threads} torch thread(s), best of {args.repeat}"
+    )
     methods = ["tiled-valid", "tiled-same"]
     try:
         import monai
 
         methods.append("monai-same")
-        print(f"(MONAI {monai.__version__}: sliding_window_inference, overlap 0.25, "
-              "constant blending, same-padding network: MONAI needs output size == input size)")
+        print(
+            f"(MONAI {monai.__version__}: sliding_window_inference, overlap 0.25, "
+            "constant blending, same-padding network: MONAI needs output size == input size)"
+        )
     except ImportError:
         print("MONAI is not installed: skipping its part (pip install monai)")
     # the methods alternate, `--repeat` rounds; the fastest round of each is shown
@@ -177,34 +203,55 @@ def bench_one_plane(args: argparse.Namespace) -> None:
     best: dict[str, tuple[float, int]] = {}
     for _ in range(args.repeat):
         for method in methods:
-            r = run_measured([
-                sys.executable, "-c", _ONE_PLANE, method, str(size), str(args.base_channels),
-                str(args.depth), str(args.monai_tile), str(args.threads),
-            ])
+            r = run_measured(
+                [
+                    sys.executable,
+                    "-c",
+                    _ONE_PLANE,
+                    method,
+                    str(size),
+                    str(args.base_channels),
+                    str(args.depth),
+                    str(args.monai_tile),
+                    str(args.threads),
+                ]
+            )
             seconds = json.loads(r["stdout"].strip().splitlines()[-1])["seconds"]
             old = best.get(method, (np.inf, 0))
             best[method] = (min(old[0], seconds), max(old[1], r["maxrss"]))
     print(f"{'method':>12} {'s/plane':>8} {'MP/s':>6} {'peak RSS MB':>11}")
     for method, (seconds, maxrss) in best.items():
-        print(f"{method:>12} {seconds:8.2f} {size * size / 1e6 / seconds:6.2f} "
-              f"{maxrss / MB:11.0f}", flush=True)
+        print(
+            f"{method:>12} {seconds:8.2f} {size * size / 1e6 / seconds:6.2f} {maxrss / MB:11.0f}",
+            flush=True,
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--plane", type=int, default=2048, help="plane edge (pixels)")
-    parser.add_argument("--gb", type=float, nargs="*", default=[0.25, 1.0, 4.0],
-                        help="stack sizes in GB (uint16)")
+    parser.add_argument(
+        "--gb", type=float, nargs="*", default=[0.25, 1.0, 4.0], help="stack sizes in GB (uint16)"
+    )
     parser.add_argument("--base-channels", type=int, default=4)
     parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--tile-size", type=int, help="--tile-size for the CLI")
     parser.add_argument("--monai-plane", type=int, default=2048, help="0 skips the plane part")
-    parser.add_argument("--monai-tile", type=int, default=512,
-                        help="input tile edge for the one-plane comparison")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                        help="torch threads for the one-plane comparison")
-    parser.add_argument("--repeat", type=int, default=3,
-                        help="rounds of the one-plane comparison (the best is shown)")
+    parser.add_argument(
+        "--monai-tile", type=int, default=512, help="input tile edge for the one-plane comparison"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads for the one-plane comparison",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="rounds of the one-plane comparison (the best is shown)",
+    )
     parser.add_argument("--workdir", default=tempfile.gettempdir())
     args = parser.parse_args()
 
@@ -216,10 +263,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-large-stack-", dir=args.workdir))
     try:
         torch.manual_seed(0)
-        model = save_model(work / "model.pt",
-                           UNet(base_channels=args.base_channels, depth=args.depth))
-        print(f"model: valid U-Net, base_channels={args.base_channels}, depth={args.depth}; "
-              f"{os.cpu_count()} CPU(s), torch {torch.__version__}")
+        model = save_model(
+            work / "model.pt", UNet(base_channels=args.base_channels, depth=args.depth)
+        )
+        print(
+            f"model: valid U-Net, base_channels={args.base_channels}, depth={args.depth}; "
+            f"{os.cpu_count()} CPU(s), torch {torch.__version__}"
+        )
         if args.gb:
             bench_stacks(args, model, work)
         if args.monai_plane:

@@ -71,16 +71,26 @@ def run_one(method: str, base: int, size: int) -> dict[str, object]:
         overlap = float(method.split("-")[1])
         with torch.inference_mode():  # same tile size as ours; MONAI zero-pads the borders
             logits = sliding_window_inference(
-                torch.from_numpy(image)[None, None], plan.tile, 1, net, overlap=overlap,
+                torch.from_numpy(image)[None, None],
+                plan.tile,
+                1,
+                net,
+                overlap=overlap,
                 mode="gaussian",
             )
             prob = torch.softmax(logits, 1)[0].numpy()
         reference_margin = 0
     seconds = time.perf_counter() - start
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    report = {"method": method, "base": base, "size": size, "seconds": round(seconds, 2),
-              "mp_per_s": round(size * size / 1e6 / seconds, 4), "peak_rss_mb": round(peak_mb),
-              "tile": plan.tile}
+    report = {
+        "method": method,
+        "base": base,
+        "size": size,
+        "seconds": round(seconds, 2),
+        "mp_per_s": round(size * size / 1e6 / seconds, 4),
+        "peak_rss_mb": round(peak_mb),
+        "tile": plan.tile,
+    }
     if method != "floor" and size <= 2048:
         reference = whole(net, image, reference_margin)
         report["seam_error"] = float(np.abs(prob - reference).max())
@@ -97,26 +107,34 @@ def main() -> None:
     if args.one:
         print(json.dumps(run_one(args.one[0], int(args.one[1]), args.size)))
         return
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, image "
-          f"{args.size}x{args.size}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, image "
+        f"{args.size}x{args.size}"
+    )
     for base in args.base:
         rows = {}
         for method in args.methods:
             out = subprocess.run(
                 [sys.executable, __file__, "--size", str(args.size), "--one", method, str(base)],
-                capture_output=True, text=True, check=True,
+                capture_output=True,
+                text=True,
+                check=True,
             )
             rows[method] = json.loads(out.stdout.strip().splitlines()[-1])
             print(json.dumps(rows[method]), flush=True)
         if "floor" in rows and "tiled" in rows:
-            print(f"base {base}: tiled / floor = "
-                  f"{rows['tiled']['mp_per_s'] / rows['floor']['mp_per_s']:.2f}")
+            print(
+                f"base {base}: tiled / floor = "
+                f"{rows['tiled']['mp_per_s'] / rows['floor']['mp_per_s']:.2f}"
+            )
         for m in ("monai-0.25", "monai-0.5"):
             if m in rows and "tiled-same" in rows:
-                print(f"base {base}: tiled-same / {m} = "
-                      f"{rows['tiled-same']['mp_per_s'] / rows[m]['mp_per_s']:.2f}; "
-                      f"tiled (valid) / {m} = "
-                      f"{rows['tiled']['mp_per_s'] / rows[m]['mp_per_s']:.2f}")
+                print(
+                    f"base {base}: tiled-same / {m} = "
+                    f"{rows['tiled-same']['mp_per_s'] / rows[m]['mp_per_s']:.2f}; "
+                    f"tiled (valid) / {m} = "
+                    f"{rows['tiled']['mp_per_s'] / rows[m]['mp_per_s']:.2f}"
+                )
 
 
 if __name__ == "__main__":

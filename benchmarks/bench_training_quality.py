@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from napari_unet.core.checkpoint import save_model
 from napari_unet.core.metrics import foreground_iou, instance_scores
 from napari_unet.core.postprocess import probabilities_to_labels
 from napari_unet.core.tiling import predict_tiled
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-test", type=int, default=20)
     parser.add_argument("--expand", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
+    parser.add_argument("--save", help="also save the trained model here (.pt)")
     args = parser.parse_args()
     if not DATA.is_dir():
         sys.exit(f"real data not found at {DATA}")
@@ -81,8 +84,12 @@ def main() -> None:
     folder, train_ids, test_ids = split(args.dataset, args.n_test, args.seed)
     images, masks = load(folder, train_ids)
     settings = {
-        "batch_size": args.batch_size, "patch_size": args.patch_size, "learning_rate": args.lr,
-        "base_channels": args.base_channels, "weighting": args.weighting, "validation": "none",
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "learning_rate": args.lr,
+        "base_channels": args.base_channels,
+        "weighting": args.weighting,
+        "validation": "none",
         "seed": args.seed,
     }
     # calibrate: CPU seconds per step, so the step budget (and the learning-rate
@@ -98,33 +105,45 @@ def main() -> None:
             result = stop.value
             break
         if event.step % 50 == 0:
-            print(f"  step {event.step}/{steps} loss {event.loss:.3f} "
-                  f"cpu {time.process_time() - cpu0:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"  step {event.step}/{steps} loss {event.loss:.3f} "
+                f"cpu {time.process_time() - cpu0:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
     train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
     model = result.model
+    if args.save:
+        save_model(args.save, model)
 
     test_images, test_masks = load(folder, test_ids)
-    scores: dict[int, list[tuple[float, float]]] = {e: [] for e in args.expand}
+    variants = [(t, e) for t in args.thresholds for e in args.expand]
+    scores: dict[tuple[float, int], list[tuple[float, float]]] = {v: [] for v in variants}
     for image, truth in zip(test_images, test_masks, strict=True):
         prob = predict_tiled(model, model.normalization(image), device="cpu")
-        for expand in args.expand:
-            pred = probabilities_to_labels(prob, expand=expand)
-            if args.dataset == "isbi":
-                truth_fg = truth > 0
-                scores[expand].append((foreground_iou(truth_fg, pred), float("nan")))
-            else:
-                f1 = instance_scores(truth, pred)[0].f1
-                scores[expand].append((foreground_iou(truth, pred), f1))
-    for expand, values in scores.items():
-        iou, f1 = np.nanmean(np.array(values, float), axis=0) if args.dataset == "dsb" else (
-            np.mean([v[0] for v in values]), float("nan"))
+        for threshold, expand in variants:
+            pred = probabilities_to_labels(prob, threshold=threshold, expand=expand)
+            f1 = float("nan") if args.dataset == "isbi" else instance_scores(truth, pred)[0].f1
+            scores[threshold, expand].append((foreground_iou(truth > 0, pred), f1))
+    for (threshold, expand), values in scores.items():
+        iou, f1 = np.mean(np.array(values, float), axis=0)
         report = {
-            "dataset": args.dataset, "weighting": args.weighting, "expand": expand,
-            "base_channels": args.base_channels, "patch_size": args.patch_size,
-            "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
-            "steps": result.steps, "train_cpu_s": round(train_cpu), "train_wall_s": round(train_wall),
-            "train_images": len(train_ids), "test_images": len(test_ids),
-            "foreground_iou": round(float(iou), 4), "f1@0.5": round(float(f1), 4),
+            "dataset": args.dataset,
+            "weighting": args.weighting,
+            "threshold": threshold,
+            "expand": expand,
+            "base_channels": args.base_channels,
+            "patch_size": args.patch_size,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "seed": args.seed,
+            "steps": result.steps,
+            "train_cpu_s": round(train_cpu),
+            "train_wall_s": round(train_wall),
+            "train_images": len(train_ids),
+            "test_images": len(test_ids),
+            "foreground_iou": round(float(iou), 4),
+            "f1@0.5": round(float(f1), 4),
         }
         print(json.dumps(report), flush=True)
 

@@ -97,8 +97,12 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     viewer = napari.Viewer(show=True, title="napari-unet")
     viewer.window.resize(1500, 1000)
-    viewer.add_image(image, name="nuclei", colormap="gray",
-                     contrast_limits=(0, float(np.percentile(image, 99.8))))
+    viewer.add_image(
+        image,
+        name="nuclei",
+        colormap="gray",
+        contrast_limits=(0, float(np.percentile(image, 99.8))),
+    )
     labels = viewer.add_labels(annotations, name="nuclei annotations", opacity=0.5)
     info = annotation_info(labels)
     info["planes"] = ANNOTATED
@@ -117,8 +121,10 @@ def main() -> None:
     train.start()
     wait_for(train)
     result = train.last_result
-    print(f"trained {result.steps} steps in {time.monotonic() - start:.0f} s "
-          f"({result.stopped}); best score {result.best_score} at step {result.best_step}")
+    print(
+        f"trained {result.steps} steps in {time.monotonic() - start:.0f} s "
+        f"({result.stopped}); best score {result.best_score} at step {result.best_step}"
+    )
     viewer.layers.selection.active = labels
     viewer.reset_view()
     save(viewer, "train.png")
@@ -141,8 +147,10 @@ def main() -> None:
     predicted = np.asarray(prediction.data[SHOWN])
     n_cells = len(np.unique(predicted[predicted > 0]))
     f1 = f1_at(truth[SHOWN], predicted)
-    print(f"plane {SHOWN}: {n_cells} cells predicted, {int(truth[SHOWN].max())} true; "
-          f"F1 at IoU 0.5 = {f1:.2f}")
+    print(
+        f"plane {SHOWN}: {n_cells} cells predicted, {int(truth[SHOWN].max())} true; "
+        f"F1 at IoU 0.5 = {f1:.2f}"
+    )
     viewer.layers.selection.active = prediction
     viewer.reset_view()
     save(viewer, "predict.png")

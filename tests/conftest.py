@@ -11,7 +11,10 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def touching_disks(
-    shape: tuple[int, int] = (96, 96), n: int = 12, radius: tuple[int, int] = (6, 11), seed: int = 0
+    shape: tuple[int, int] = (96, 96),
+    n: int = 12,
+    radius: tuple[int, int] = (6, 11),
+    seed: int = 0,
 ) -> np.ndarray:
     """Instance labels of random disks that touch and overlap (later disks win)."""
     from skimage.draw import disk

@@ -30,8 +30,21 @@ def test_predict_2d_matches_library(tmp_path, model_file, capsys):
     image = np.random.default_rng(0).integers(0, 255, (70, 90), np.uint8)
     tifffile.imwrite(tmp_path / "img.tif", image, compression="zlib")
     out, prob = tmp_path / "labels.tif", tmp_path / "prob.tif"
-    code, err = run(["predict", model_file, tmp_path / "img.tif", out, "--probabilities", prob,
-                     "--tile-size", 204, "--device", "cpu"], capsys)
+    code, err = run(
+        [
+            "predict",
+            model_file,
+            tmp_path / "img.tif",
+            out,
+            "--probabilities",
+            prob,
+            "--tile-size",
+            204,
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "predict" in err and "cells in 1 plane" in err
     from napari_unet.core.checkpoint import load_model
@@ -48,8 +61,10 @@ def test_predict_stack_to_zarr_unique_ids(tmp_path, model_file, capsys):
     stack = np.random.default_rng(1).integers(0, 4000, (3, 40, 50), np.uint16)
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
     out = tmp_path / "labels.zarr"
-    code, err = run(["predict", model_file, tmp_path / "stack.tif", out, "--device", "cpu",
-                     "--min-size", 1], capsys)
+    code, err = run(
+        ["predict", model_file, tmp_path / "stack.tif", out, "--device", "cpu", "--min-size", 1],
+        capsys,
+    )
     assert code == 0, err
     labels = zarr.open(str(out), mode="r")[:]
     assert labels.shape == (3, 40, 50)
@@ -113,10 +128,33 @@ def test_train_then_predict_round_trip(tmp_path, disks, capsys):
         tifffile.imwrite(tmp_path / f"img{i}.tif", image.astype(np.uint8))
         tifffile.imwrite(tmp_path / f"mask{i}.tif", disks)
     model = tmp_path / "model.pt"
-    argv = ["train", "--image", tmp_path / "img0.tif", "--labels", tmp_path / "mask0.tif",
-            "--image", tmp_path / "img1.tif", "--labels", tmp_path / "mask1.tif",
-            "--out", model, "--steps", 4, "--base-channels", 4, "--depth", 3,
-            "--patch-size", 92, "--batch-size", 1, "--validate-every", 2, "--device", "cpu"]
+    argv = [
+        "train",
+        "--image",
+        tmp_path / "img0.tif",
+        "--labels",
+        tmp_path / "mask0.tif",
+        "--image",
+        tmp_path / "img1.tif",
+        "--labels",
+        tmp_path / "mask1.tif",
+        "--out",
+        model,
+        "--steps",
+        4,
+        "--base-channels",
+        4,
+        "--depth",
+        3,
+        "--patch-size",
+        92,
+        "--batch-size",
+        1,
+        "--validate-every",
+        2,
+        "--device",
+        "cpu",
+    ]
     code, err = run(argv, capsys)
     assert code == 0, err
     assert "trained 4 steps" in err and "validation score" in err
@@ -124,13 +162,30 @@ def test_train_then_predict_round_trip(tmp_path, disks, capsys):
     assert net.config.base_channels == 4 and net.metadata["training"]["n_images"] == 1
     code, err = run(argv, capsys)
     assert code == 2 and "exists" in err  # never silently replaced
-    code, err = run(["predict", model, tmp_path / "img0.tif", tmp_path / "pred.tif",
-                     "--device", "cpu"], capsys)
+    code, err = run(
+        ["predict", model, tmp_path / "img0.tif", tmp_path / "pred.tif", "--device", "cpu"], capsys
+    )
     assert code == 0, err
     assert tifffile.imread(tmp_path / "pred.tif").shape == disks.shape
     # fine-tune from the saved model
-    code, err = run([*argv[:-8], "--out", tmp_path / "tuned.pt", "--from", model, "--steps", 2,
-                     "--patch-size", 92, "--batch-size", 1, "--device", "cpu"], capsys)
+    code, err = run(
+        [
+            *argv[:-8],
+            "--out",
+            tmp_path / "tuned.pt",
+            "--from",
+            model,
+            "--steps",
+            2,
+            "--patch-size",
+            92,
+            "--batch-size",
+            1,
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert load_model(tmp_path / "tuned.pt").config == net.config
 
@@ -153,8 +208,10 @@ def test_train_bad_inputs(tmp_path, disks, capsys):
         code, err = run(["train", *argv, "--out", out, "--steps", 1], capsys)
         assert code == 2, (argv, err)
         assert message in err and err.count("\n") == 1, (message, err)
-    code, err = run(["train", "--image", img, "--labels", tmp_path / "mask.tif", "--out",
-                     tmp_path / "m.tif"], capsys)
+    code, err = run(
+        ["train", "--image", img, "--labels", tmp_path / "mask.tif", "--out", tmp_path / "m.tif"],
+        capsys,
+    )
     assert code == 2 and ".pt" in err
     assert not out.exists()
 

@@ -21,3 +21,10 @@ def test_package_root_is_light():
         "assert 'torch' not in sys.modules, 'importing napari_unet must not import torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_core_export_resolves():
+    import napari_unet.core as core
+
+    for name in core.__all__:
+        assert getattr(core, name) is not None, name

@@ -139,8 +139,14 @@ def streamed(data):
     runs = {}
     for name, stack in (("small", small), ("large", large)):
         runs[name] = run_cli(
-            "predict", model, stack, folder / f"{name}_labels.tif",
-            "--probabilities", folder / f"{name}_prob.tif", "--device", "cpu",
+            "predict",
+            model,
+            stack,
+            folder / f"{name}_labels.tif",
+            "--probabilities",
+            folder / f"{name}_prob.tif",
+            "--device",
+            "cpu",
         )
         assert runs[name].returncode == 0, runs[name].stderr
     return runs
@@ -183,8 +189,17 @@ def test_streamed_output_equals_in_memory_prediction(data, streamed):
 def test_interrupt_keeps_a_valid_partial_output(data):
     folder, model, _, large = data
     out, prob = folder / "cut_labels.tif", folder / "cut_prob.tif"
-    run = run_cli("predict", model, large, out, "--probabilities", prob, "--device", "cpu",
-                  interrupt_after_plane=True)
+    run = run_cli(
+        "predict",
+        model,
+        large,
+        out,
+        "--probabilities",
+        prob,
+        "--device",
+        "cpu",
+        interrupt_after_plane=True,
+    )
     assert run.returncode == 130, run.stderr
     match = re.search(r"interrupted after (\d+) of (\d+) planes", run.stderr)
     assert match, run.stderr
@@ -241,8 +256,9 @@ def test_truncated_compressed_stack_exits_2(tmp_path, fraction, capsys):
     torch.manual_seed(0)
     model = save_model(tmp_path / "m.pt", UNet(base_channels=1, depth=2))
     try:
-        code = main(["predict", str(model), str(cut), str(tmp_path / "out.tif"),
-                     "--device", "cpu"])
+        code = main(
+            ["predict", str(model), str(cut), str(tmp_path / "out.tif"), "--device", "cpu"]
+        )
     finally:
         gc.collect()  # close what a failed read left open, inside this test
     assert code == 2

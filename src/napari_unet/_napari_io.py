@@ -28,8 +28,11 @@ def read_lazily(path: str | list[str]) -> list[LayerData]:
     layers = []
     for p in paths:
         data = open_image(p)
-        kind = "labels" if data.dtype.kind in "iu" and Path(p).stem.endswith(("mask", "masks",
-                                                                              "labels")) else "image"
+        kind = (
+            "labels"
+            if data.dtype.kind in "iu" and Path(p).stem.endswith(("mask", "masks", "labels"))
+            else "image"
+        )
         layers.append((data, {"name": Path(str(p).rstrip("/")).stem}, kind))
     return layers
 

@@ -107,16 +107,26 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if args.probabilities:
             prob_out = stack.enter_context(
                 PlaneWriter(
-                    args.probabilities, (*lead, model.n_classes, *shape[-2:]), np.float32,
-                    plane_ndim=3, overwrite=args.overwrite,
+                    args.probabilities,
+                    (*lead, model.n_classes, *shape[-2:]),
+                    np.float32,
+                    plane_ndim=3,
+                    overwrite=args.overwrite,
                 )
             )
         bar = stack.enter_context(_progress(0, "predict", "tile"))
         stop = stack.enter_context(_StopOnSigint())
         jobs = iter_segment(
-            model, image, tile_size=args.tile_size, batch_size=args.batch_size,
-            device=args.device, threshold=args.threshold, min_size=args.min_size,
-            split=args.split, expand=args.expand, tta=args.tta,
+            model,
+            image,
+            tile_size=args.tile_size,
+            batch_size=args.batch_size,
+            device=args.device,
+            threshold=args.threshold,
+            min_size=args.min_size,
+            split=args.split,
+            expand=args.expand,
+            tta=args.tta,
         )
         cells = 0
         try:
@@ -192,7 +202,9 @@ def _read_pairs(images: list[str], labels: list[str]) -> tuple[list, list]:
     from napari_unet.core.io import open_image
 
     if len(images) != len(labels):
-        raise ValueError(f"got {len(images)} --image but {len(labels)} --labels; they pair in order")
+        raise ValueError(
+            f"got {len(images)} --image but {len(labels)} --labels; they pair in order"
+        )
     crops_img, crops_lab = [], []
     for image_path, labels_path in zip(images, labels, strict=True):
         image = np.asarray(open_image(image_path))
@@ -225,16 +237,30 @@ def _cmd_train(args: argparse.Namespace) -> int:
     val_images, val_labels = _read_pairs(args.validation_image, args.validation_labels)
     model = load_model(args.from_model) if args.from_model else None
     config = TrainConfig(
-        steps=args.steps, minutes=args.minutes, seed=args.seed, batch_size=args.batch_size,
-        patch_size=args.patch_size, learning_rate=args.lr, base_channels=args.base_channels,
-        depth=args.depth, weighting=args.weighting, w0=args.w0, sigma=args.sigma,
+        steps=args.steps,
+        minutes=args.minutes,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        patch_size=args.patch_size,
+        learning_rate=args.lr,
+        base_channels=args.base_channels,
+        depth=args.depth,
+        weighting=args.weighting,
+        w0=args.w0,
+        sigma=args.sigma,
         validation="none" if args.no_validation else "auto",
         validate_every=min(args.validate_every, args.steps),
     )
     with _StopOnSigint("stopping after this step, keeping the best model") as stop:
         jobs = iter_train(
-            images, labels, model=model, config=config, device=args.device, checkpoint=out,
-            validation_images=val_images, validation_labels=val_labels,
+            images,
+            labels,
+            model=model,
+            config=config,
+            device=args.device,
+            checkpoint=out,
+            validation_images=val_images,
+            validation_labels=val_labels,
             should_stop=lambda: stop.requested,
         )
         result = _drain_training(jobs, config.steps)
@@ -280,10 +306,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     crops = training_crops(image, truth, rectangles=[Rectangle(None, 0, image.shape[0], 0, half)])
-    config = TrainConfig(steps=args.steps, minutes=args.minutes, validation="none",
-                         base_channels=16)
-    jobs = iter_train([c.image for c in crops], [c.labels for c in crops], config=config,
-                      device=args.device)
+    config = TrainConfig(
+        steps=args.steps, minutes=args.minutes, validation="none", base_channels=16
+    )
+    jobs = iter_train(
+        [c.image for c in crops], [c.labels for c in crops], config=config, device=args.device
+    )
     result = _drain_training(jobs, config.steps)
     save_model(model_path, result.model, demo=True)
     labels = None
@@ -340,16 +368,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="image: .tif/.tiff or .zarr")
     p.add_argument("output", metavar="OUTPUT", help="labels: .tif/.tiff or .zarr")
     p.add_argument("--probabilities", metavar="PROB", help="also write class probabilities here")
-    p.add_argument("--tile-size", type=int, help="input tile edge in pixels (default: from memory)")
+    p.add_argument(
+        "--tile-size", type=int, help="input tile edge in pixels (default: from memory)"
+    )
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threshold", type=float, default=0.5, help="foreground probability cut")
     p.add_argument("--min-size", type=int, default=16, help="remove smaller objects (pixels)")
     p.add_argument("--split", action="store_true", help="watershed-split touching cells")
-    p.add_argument("--expand", type=int, default=0,
-                   help="grow cells by this many pixels (without merging them)")
-    p.add_argument("--tta", action="store_true",
-                   help="test-time augmentation: average 8 flips/rotations (8x slower)")
+    p.add_argument(
+        "--expand",
+        type=int,
+        default=0,
+        help="grow cells by this many pixels (without merging them)",
+    )
+    p.add_argument(
+        "--tta",
+        action="store_true",
+        help="test-time augmentation: average 8 flips/rotations (8x slower)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.set_defaults(func=_cmd_predict)
 
@@ -359,7 +396,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2)), plane by plane.",
         formatter_class=_Formatter,
     )
-    w.add_argument("labels", metavar="LABELS", help="instance labels (.tif or .zarr), 0 = background")
+    w.add_argument(
+        "labels", metavar="LABELS", help="instance labels (.tif or .zarr), 0 = background"
+    )
     w.add_argument("output", metavar="OUT", help="weight map (.tif or .zarr), float32")
     w.add_argument("--w0", type=float, default=10.0, help="border weight")
     w.add_argument("--sigma", type=float, default=5.0, help="border width (pixels)")
@@ -387,12 +426,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=2, help="patches per step")
     t.add_argument("--patch-size", type=int, default=380, help="input patch edge (pixels)")
     t.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (Adam)")
-    t.add_argument("--weighting", choices=["unet", "balanced", "none"], default="unet",
-                   help="loss weights: paper's weight map, class balance only, or none")
+    t.add_argument(
+        "--weighting",
+        choices=["unet", "balanced", "none"],
+        default="unet",
+        help="loss weights: paper's weight map, class balance only, or none",
+    )
     t.add_argument("--w0", type=float, default=10.0, help="weight-map border weight")
     t.add_argument("--sigma", type=float, default=5.0, help="weight-map border width (px)")
-    t.add_argument("--validation-image", action="append", default=[],
-                   help="validation image (repeat); default: hold out the last --image")
+    t.add_argument(
+        "--validation-image",
+        action="append",
+        default=[],
+        help="validation image (repeat); default: hold out the last --image",
+    )
     t.add_argument("--validation-labels", action="append", default=[], help="its labels")
     t.add_argument("--validate-every", type=int, default=100, help="steps between validations")
     t.add_argument("--no-validation", action="store_true", help="train on every image")

@@ -15,7 +15,7 @@ from napari_unet.core.weightmap import unet_weight_map
 
 def test_separate_touching_cuts_only_between_cells(disks):
     sep = separate_touching(disks)
-    changed = (sep != disks)
+    changed = sep != disks
     assert (sep[changed] == 0).all() and (disks[changed] > 0).all()
     # every removed pixel touched another cell; isolated cell borders are untouched
     for y, x in zip(*np.nonzero(changed), strict=True):
@@ -96,7 +96,7 @@ def test_pixels_outside_region_do_not_change_loss(disks):
     for a, b in zip(*batches, strict=True):
         np.testing.assert_array_equal(a, b)
     logits = torch.randn(3, 2, 20, 20)
-    x, y, w = (torch.from_numpy(a) for a in batches[0])
+    _, y, w = (torch.from_numpy(a) for a in batches[0])
     y2 = y.clone()
     y2[w == 0] = 1 - y2[w == 0]  # flip every unknown pixel's class
     assert torch.equal(weighted_cross_entropy(logits, y, w), weighted_cross_entropy(logits, y2, w))

@@ -117,9 +117,7 @@ def test_model_path_and_zarr_input(net, model_path, tmp_path):
     blob = pickle.dumps(dict(lazy.__dask_graph__()))
     assert str(model_path).encode() in blob and b"UNet" not in blob
     assert b"UNet" in pickle.dumps(dict(predict_dask(net, src).__dask_graph__()))
-    np.testing.assert_allclose(
-        lazy.compute(), predict_tiled(net, stack, device="cpu"), atol=ATOL
-    )
+    np.testing.assert_allclose(lazy.compute(), predict_tiled(net, stack, device="cpu"), atol=ATOL)
     # write the result to zarr lazily, block by block
     lazy.to_zarr(str(tmp_path / "prob.zarr"))
     np.testing.assert_allclose(zarr.open(str(tmp_path / "prob.zarr"))[:], lazy.compute())
@@ -223,8 +221,9 @@ def test_local_cluster_two_processes(net, model_path):
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
-        lazy = predict_dask(str(model_path), da.from_array(stack, chunks=(1, 150, 180)),
-                            block_size=96)
+        lazy = predict_dask(
+            str(model_path), da.from_array(stack, chunks=(1, 150, 180)), block_size=96
+        )
         result = client.compute(lazy).result()
         # workers loaded the model file themselves (once per process)
         loaded = client.run(_models_loaded)

@@ -35,8 +35,9 @@ def test_corrupt_tiff(tmp_path, content):
 
 def test_truncated_compressed_tiff(tmp_path):
     path = tmp_path / "t.tif"
-    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 255, (2, 64, 64), np.uint8),
-                     compression="zlib")
+    tifffile.imwrite(
+        path, np.random.default_rng(0).integers(0, 255, (2, 64, 64), np.uint8), compression="zlib"
+    )
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
     with pytest.raises(ImageReadError):

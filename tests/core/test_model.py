@@ -2,7 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.model import UNet, UNetConfig, check_input_size, output_size, valid_input_size
+from napari_unet.core.model import (
+    UNet,
+    UNetConfig,
+    check_input_size,
+    output_size,
+    valid_input_size,
+)
 
 
 def brute_force_output(size: int, depth: int) -> int | None:
@@ -53,7 +59,9 @@ def test_real_network_follows_arithmetic(depth):
         with torch.inference_mode():
             y = net(torch.zeros(1, 1, size, size + 2**depth))
         assert y.shape == (1, 2, output_size(size, depth), output_size(size + 2**depth, depth))
-    assert net.margin * 2 == valid_input_size(1, depth) - output_size(valid_input_size(1, depth), depth)
+    assert net.margin * 2 == valid_input_size(1, depth) - output_size(
+        valid_input_size(1, depth), depth
+    )
 
 
 def test_invalid_size_error_names_nearest_sizes():
@@ -108,8 +116,13 @@ def test_skip_connections_are_used():
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"depth": 0}, {"base_channels": 0}, {"n_classes": 1}, {"padding": "full"},
-        {"norm": "layer"}, {"dropout": 1.0}, {"in_channels": 1.5},
+        {"depth": 0},
+        {"base_channels": 0},
+        {"n_classes": 1},
+        {"padding": "full"},
+        {"norm": "layer"},
+        {"dropout": 1.0},
+        {"in_channels": 1.5},
     ],
 )
 def test_bad_config(kwargs):

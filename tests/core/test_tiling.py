@@ -74,14 +74,17 @@ def test_stack_and_channels_and_batches():
     np.testing.assert_allclose(prob, ref, atol=2e-5)
     np.testing.assert_allclose(prob.sum(axis=2), 1, atol=1e-5)
     # channels last gives the same result
-    last = predict_tiled(net, np.moveaxis(stack, 2, -1), tile_size=204, device="cpu", channel_axis=-1)
+    last = predict_tiled(
+        net, np.moveaxis(stack, 2, -1), tile_size=204, device="cpu", channel_axis=-1
+    )
     np.testing.assert_allclose(last, prob, atol=2e-5)
 
 
 def test_lazy_inputs_and_outputs(net, tmp_path):
     image = np.random.default_rng(4).random((2, 70, 90)).astype(np.float32)
-    src = zarr.open(str(tmp_path / "in.zarr"), mode="w", shape=image.shape, chunks=(1, 32, 32),
-                    dtype="f4")
+    src = zarr.open(
+        str(tmp_path / "in.zarr"), mode="w", shape=image.shape, chunks=(1, 32, 32), dtype="f4"
+    )
     src[:] = image
     out = zarr.open(str(tmp_path / "out.zarr"), mode="w", shape=(2, 2, 70, 90), dtype="f4")
     result = predict_tiled(net, src, tile_size=204, device="cpu", out=out)
@@ -89,8 +92,9 @@ def test_lazy_inputs_and_outputs(net, tmp_path):
     np.testing.assert_allclose(out[:], predict_tiled(net, image, device="cpu"), atol=2e-5)
     import dask.array as da
 
-    lazy = predict_tiled(net, da.from_array(image, chunks=(1, 35, 45)), tile_size=204,
-                         device="cpu")
+    lazy = predict_tiled(
+        net, da.from_array(image, chunks=(1, 35, 45)), tile_size=204, device="cpu"
+    )
     np.testing.assert_allclose(lazy, out[:], atol=2e-5)
 
 
@@ -128,7 +132,9 @@ def test_same_padding_tiled_equals_whole(depth):
     w = valid_input_size(170 + 2 * m, depth, "same")
     x = np.pad(image, ((m, h - 150 - m), (m, w - 170 - m)), mode="reflect")
     with torch.inference_mode():
-        ref = torch.softmax(net(torch.from_numpy(x)[None, None]), 1)[0, :, m : m + 150, m : m + 170]
+        ref = torch.softmax(net(torch.from_numpy(x)[None, None]), 1)[
+            0, :, m : m + 150, m : m + 170
+        ]
     np.testing.assert_allclose(tiled, ref.numpy(), atol=2e-5)
 
 
@@ -158,7 +164,7 @@ def test_bad_input(net, image, kwargs, match):
 
 def test_channel_mismatch():
     net = UNet(in_channels=3, base_channels=2)
-    with pytest.raises(ValueError, match="2 channel.*expects 3"):
+    with pytest.raises(ValueError, match=r"2 channel.*expects 3"):
         predict_tiled(net, np.zeros((2, 20, 20)), device="cpu")
     with pytest.raises(ValueError, match="expects 3 channels"):
         predict_tiled(net, np.zeros((20, 20)), device="cpu")

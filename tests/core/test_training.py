@@ -37,8 +37,16 @@ def merged_cells(true, pred):
     return sum(len(v) for v in owners.values() if len(v) > 1)
 
 
-FAST = TrainConfig(steps=150, batch_size=4, patch_size=156, depth=3, base_channels=8,
-                   learning_rate=3e-3, validation="none", seed=0)
+FAST = TrainConfig(
+    steps=150,
+    batch_size=4,
+    patch_size=156,
+    depth=3,
+    base_channels=8,
+    learning_rate=3e-3,
+    validation="none",
+    seed=0,
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,10 +73,11 @@ def test_weight_map_learns_and_reduces_merges(data):
     train_set, test_set = data
     images, labels = zip(*train_set, strict=True)
     weighted = train(images, labels, config=FAST, device="cpu").model
-    plain = train(images, labels, config=TrainConfig(**{**FAST.__dict__, "weighting": "none"}),
-                  device="cpu").model
+    plain = train(
+        images, labels, config=TrainConfig(**{**FAST.__dict__, "weighting": "none"}), device="cpu"
+    ).model
     iou_w, f1_w, merges_w = evaluate(weighted, test_set)
-    iou_p, f1_p, merges_p = evaluate(plain, test_set)
+    _, f1_p, merges_p = evaluate(plain, test_set)
     assert iou_w > 0.75  # learned the task
     assert merges_w < 0.75 * merges_p
     assert f1_w > f1_p + 0.1
@@ -77,8 +86,9 @@ def test_weight_map_learns_and_reduces_merges(data):
 def test_progress_events_validation_and_checkpoint(data, tmp_path):
     train_set, _ = data
     images, labels = zip(*train_set[:2], strict=True)
-    config = TrainConfig(steps=6, batch_size=1, patch_size=92, depth=3, base_channels=4,
-                         validate_every=3, seed=1)
+    config = TrainConfig(
+        steps=6, batch_size=1, patch_size=92, depth=3, base_channels=4, validate_every=3, seed=1
+    )
     gen = iter_train(images, labels, config=config, device="cpu", checkpoint=tmp_path / "m.pt")
     events = []
     while True:
@@ -106,17 +116,26 @@ def test_progress_events_validation_and_checkpoint(data, tmp_path):
 def test_stop_returns_usable_model_and_is_reproducible(data):
     train_set, _ = data
     images, labels = zip(*train_set[:1], strict=True)
-    config = TrainConfig(steps=1000, batch_size=1, patch_size=92, depth=3, base_channels=4,
-                         seed=5)
+    config = TrainConfig(steps=1000, batch_size=1, patch_size=92, depth=3, base_channels=4, seed=5)
     calls = []
-    result = train(images, labels, config=config, device="cpu",
-                   should_stop=lambda: calls.append(1) or len(calls) >= 3)
+    result = train(
+        images,
+        labels,
+        config=config,
+        device="cpu",
+        should_stop=lambda: calls.append(1) or len(calls) >= 3,
+    )
     assert result.stopped == "stopped" and result.steps == 3
     assert isinstance(result.model, UNet) and not result.model.training
     prob = predict_tiled(result.model, images[0], device="cpu")
     assert np.isfinite(prob).all()
-    again = train(images, labels, config=config, device="cpu",
-                  should_stop=lambda: len(calls) >= 6 or calls.append(1) or len(calls) >= 6)
+    again = train(
+        images,
+        labels,
+        config=config,
+        device="cpu",
+        should_stop=lambda: len(calls) >= 6 or calls.append(1) or len(calls) >= 6,
+    )
     assert [h["loss"] for h in again.history] == [h["loss"] for h in result.history]
 
 
@@ -125,8 +144,13 @@ def test_fine_tune_does_not_modify_the_given_model(data):
     images, labels = zip(*train_set[:1], strict=True)
     base = UNet(depth=3, base_channels=4)
     before = {k: v.clone() for k, v in base.state_dict().items()}
-    result = train(images, labels, model=base, config=TrainConfig(steps=2, batch_size=1,
-                                                                   patch_size=92), device="cpu")
+    result = train(
+        images,
+        labels,
+        model=base,
+        config=TrainConfig(steps=2, batch_size=1, patch_size=92),
+        device="cpu",
+    )
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
     assert result.model.config == base.config
     assert any(not torch.equal(before[k], v) for k, v in result.model.state_dict().items())
@@ -137,8 +161,9 @@ def test_sparse_annotation_and_time_budget(data):
     image, labels = train_set[0]
     mask = np.zeros(labels.shape, bool)
     mask[:64, :64] = True
-    config = TrainConfig(steps=10_000, minutes=0.02, batch_size=1, patch_size=92, depth=3,
-                         base_channels=4)
+    config = TrainConfig(
+        steps=10_000, minutes=0.02, batch_size=1, patch_size=92, depth=3, base_channels=4
+    )
     result = train([image], [labels], masks=[mask], config=config, device="cpu")
     assert result.stopped == "time" and result.elapsed < 10
 
@@ -155,8 +180,13 @@ def test_bad_training_input(kwargs, match):
     image, labels = nuclei(0, shape=(64, 64), n=5)
     args = {"images": [image], "labels": [labels], **kwargs}
     with pytest.raises(ValueError, match=match):
-        train(args.pop("images"), args.pop("labels"), config=TrainConfig(steps=1), device="cpu",
-              **args)
+        train(
+            args.pop("images"),
+            args.pop("labels"),
+            config=TrainConfig(steps=1),
+            device="cpu",
+            **args,
+        )
 
 
 def test_config_validation():

@@ -32,8 +32,9 @@ def test_new_labels_layer_2d(viewer_widget):
     from napari_unet._widgets._session import annotation_info
 
     viewer, widget = viewer_widget
-    image = viewer.add_image(np.zeros((30, 40), np.float32), name="img",
-                             scale=(0.5, 0.25), translate=(3.0, -2.0))
+    image = viewer.add_image(
+        np.zeros((30, 40), np.float32), name="img", scale=(0.5, 0.25), translate=(3.0, -2.0)
+    )
     widget.image_layer.value = image
     layer = widget.new_labels_layer()
     assert layer.name == "img masks"
@@ -47,8 +48,7 @@ def test_new_labels_layer_2d(viewer_widget):
 
 def test_new_labels_layer_stack_and_rgb(viewer_widget):
     viewer, widget = viewer_widget
-    stack = viewer.add_image(np.zeros((3, 20, 24), np.uint16), name="stack",
-                             scale=(2, 0.5, 0.5))
+    stack = viewer.add_image(np.zeros((3, 20, 24), np.uint16), name="stack", scale=(2, 0.5, 0.5))
     widget.image_layer.value = stack
     layer = widget.new_labels_layer()
     assert layer.data.shape == (3, 20, 24)
@@ -138,8 +138,9 @@ def test_rectangles_from_shapes_2d_scaled(viewer_widget):
     from napari_unet._widgets.annotate import rectangles_from_shapes
 
     viewer, widget = viewer_widget
-    widget.image_layer.value = viewer.add_image(np.zeros((40, 60)), name="img",
-                                                scale=(0.5, 0.5), translate=(10, 0))
+    widget.image_layer.value = viewer.add_image(
+        np.zeros((40, 60)), name="img", scale=(0.5, 0.5), translate=(10, 0)
+    )
     labels = widget.new_labels_layer()
     shapes = widget.add_region_layer()
     assert shapes.name == "img masks regions"
@@ -161,11 +162,13 @@ def test_rectangles_from_shapes_3d_and_other_grid(make_napari_viewer):
     # a user-made Shapes layer in world units (no scale): rectangle on plane 1
     # (world z = 2) over pixel rows 4..10 and columns 2..30 (clipped at 30)
     shapes = viewer.add_shapes(ndim=3)
-    shapes.add_rectangles(np.array([[2.0, 2.0, 1.0], [2.0, 2.0, 20.0],
-                                    [2.0, 5.0, 20.0], [2.0, 5.0, 1.0]]))
+    shapes.add_rectangles(
+        np.array([[2.0, 2.0, 1.0], [2.0, 2.0, 20.0], [2.0, 5.0, 20.0], [2.0, 5.0, 1.0]])
+    )
     # pixel-edge corners (-0.5 in pixels) round to the covered pixel centres
-    shapes.add_rectangles(np.array([[4.0, -0.25, -0.25], [4.0, -0.25, 1.75],
-                                    [4.0, 1.75, 1.75], [4.0, 1.75, -0.25]]))
+    shapes.add_rectangles(
+        np.array([[4.0, -0.25, -0.25], [4.0, -0.25, 1.75], [4.0, 1.75, 1.75], [4.0, 1.75, -0.25]])
+    )
     assert rectangles_from_shapes(shapes, labels) == [
         Rectangle(1, 4, 10, 2, 30),
         Rectangle(2, 0, 4, 0, 4),

@@ -27,8 +27,8 @@ def touching_disks(shape=(96, 96), n=10, seed=0):
 
 def image_of(labels, seed=0):
     rng = np.random.default_rng(seed)
-    return ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(
-        np.uint8
+    return (
+        ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(np.uint8)
     )
 
 
@@ -49,8 +49,15 @@ def test_annotate_train_predict_correct_retrain(make_napari_viewer, qtbot):
     _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
     train.labels_layer.value = annotations
     # 20 steps of 252 px patches learn these bright disks for any seed (score ~0.6)
-    for name, value in {"steps": 20, "patch_size": 252, "batch_size": 2, "base_channels": 8,
-                        "learning_rate": 0.003, "minutes": 0.0, "device": "cpu"}.items():
+    for name, value in {
+        "steps": 20,
+        "patch_size": 252,
+        "batch_size": 2,
+        "base_channels": 8,
+        "learning_rate": 0.003,
+        "minutes": 0.0,
+        "device": "cpu",
+    }.items():
         getattr(train, name).value = value
     assert train.image_layer.value.name == "cells"
     train.start()

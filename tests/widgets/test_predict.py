@@ -28,8 +28,8 @@ def touching_disks(shape=(96, 96), n=10, seed=0):
 
 def image_of(labels, seed=0):
     rng = np.random.default_rng(seed)
-    return ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(
-        np.uint8
+    return (
+        ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(np.uint8)
     )
 
 
@@ -124,8 +124,11 @@ def test_whole_stack_equals_core_segmentation(stack_viewer, qtbot):
     # a second run reuses the layers (no duplicates)
     widget.start()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
-    assert [layer.name for layer in viewer.layers] == ["cells", "cells probability",
-                                                       "cells prediction"]
+    assert [layer.name for layer in viewer.layers] == [
+        "cells",
+        "cells probability",
+        "cells prediction",
+    ]
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 
 
@@ -176,8 +179,9 @@ def test_field_of_view_predicts_visible_region(stack_viewer, qtbot):
     inside[rows, cols] = True
     assert data[inside].any() and not data[~inside].any()
     # the visible region gets the whole plane's probabilities (context is included)
-    whole = core_segment(model, viewer.layers["cells"].data, planes=[(0,)], tile_size=TILE,
-                         min_size=1)[0]
+    whole = core_segment(
+        model, viewer.layers["cells"].data, planes=[(0,)], tile_size=TILE, min_size=1
+    )[0]
     assert ((data[inside] > 0) == (whole[inside] > 0)).all()
 
 
@@ -208,8 +212,9 @@ def test_cancel_keeps_a_consistent_partial_result(stack_viewer, qtbot):
     assert events
     assert "Cancelled" in widget.status.value
     data = viewer.layers["cells prediction"].data
-    expected = core_segment(threshold_unet(), viewer.layers["cells"].data, tile_size=TILE,
-                            min_size=4)
+    expected = core_segment(
+        threshold_unet(), viewer.layers["cells"].data, tile_size=TILE, min_size=4
+    )
     done = [p for p in range(3) if data[p].any()]
     assert len(done) < 3
     for p in range(3):  # every plane is either finished (as the core does it) or empty
@@ -237,8 +242,7 @@ def test_model_file_and_bad_file(stack_viewer, qtbot, tmp_path):
         widget.start()
     before = len(notification_manager.records)
     widget.predict_button.clicked.emit()
-    assert any("Cannot predict" in str(n.message)
-               for n in notification_manager.records[before:])
+    assert any("Cannot predict" in str(n.message) for n in notification_manager.records[before:])
     assert not widget.is_running and "cells prediction" not in viewer.layers
 
     good = save_model(tmp_path / "good.pt", threshold_unet())
@@ -257,8 +261,9 @@ def test_test_time_augmentation(stack_viewer, qtbot):
     widget.start()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     # the thresholding network is pointwise, so TTA must not change its result
-    expected = core_segment(threshold_unet(), viewer.layers["cells"].data, planes=[(0,)],
-                            tile_size=TILE, min_size=4)
+    expected = core_segment(
+        threshold_unet(), viewer.layers["cells"].data, planes=[(0,)], tile_size=TILE, min_size=4
+    )
     np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
 
 
@@ -325,8 +330,9 @@ def test_big_stacks_stream_into_zarr(stack_viewer, qtbot, monkeypatch):
     np.testing.assert_array_equal(plane0 > 0, expected[0] > 0)
 
     # and the prediction can seed a zarr-backed annotation layer
-    annotations = viewer.add_labels(annotate.allocate_zeros((3, 96, 96), np.uint32),
-                                    name="annotations")
+    annotations = viewer.add_labels(
+        annotate.allocate_zeros((3, 96, 96), np.uint32), name="annotations"
+    )
     widget.annotation_layer.value = annotations
     viewer.dims.set_current_step(0, 2)
     assert widget.use_as_annotation() > 0

@@ -28,8 +28,8 @@ def touching_disks(shape=(96, 96), n=10, seed=0):
 def image_of(labels, seed=0):
     """A noisy fluorescence-like image of ``labels``."""
     rng = np.random.default_rng(seed)
-    return ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(
-        np.uint8
+    return (
+        ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(np.uint8)
     )
 
 
@@ -52,8 +52,14 @@ def annotated(make_napari_viewer):
 def open_train(viewer, **values):
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
     widget.labels_layer.value = viewer.layers["cells annotations"]
-    defaults = {"steps": 6, "patch_size": 188, "batch_size": 1, "base_channels": 8,
-                "minutes": 0.0, "device": "cpu"}
+    defaults = {
+        "steps": 6,
+        "patch_size": 188,
+        "batch_size": 1,
+        "base_channels": 8,
+        "minutes": 0.0,
+        "device": "cpu",
+    }
     for name, value in {**defaults, **values}.items():
         getattr(widget, name).value = value
     return widget
@@ -139,8 +145,10 @@ def test_save_model_and_finetune(annotated, qtbot, tmp_path):
     second = get_session(annotated).model
     assert second is not first
     assert second.config.base_channels == 8
-    changed = [not np.array_equal(second.state_dict()[k].numpy(), v.numpy())
-               for k, v in first.state_dict().items()]
+    changed = [
+        not np.array_equal(second.state_dict()[k].numpy(), v.numpy())
+        for k, v in first.state_dict().items()
+    ]
     assert any(changed)
 
     # and from the saved file
@@ -197,15 +205,18 @@ def test_train_on_annotated_rectangles(annotated, qtbot, tmp_path):
     viewer = annotated
     labels = viewer.layers["cells annotations"]
     labels.metadata["napari_unet"]["planes"] = []  # only the rectangles are annotated
-    rectangles = [np.array([[p, 8, 8], [p, 8, 70], [p, 70, 70], [p, 70, 8]], float)
-                  for p in (0, 1)]
+    rectangles = [
+        np.array([[p, 8, 8], [p, 8, 70], [p, 70, 70], [p, 70, 8]], float) for p in (0, 1)
+    ]
     viewer.add_shapes(rectangles, shape_type="rectangle", name="cells annotations regions")
     widget = open_train(viewer, steps=2)
     assert "2 annotated region(s)" in widget.data_info.value
     before = len(notification_manager.records)
     widget.start()
-    assert not any("counts as fully annotated" in str(n.message)
-                   for n in notification_manager.records[before:])
+    assert not any(
+        "counts as fully annotated" in str(n.message)
+        for n in notification_manager.records[before:]
+    )
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     model = load_model(widget.save_model(tmp_path / "rect.pt"))
     sources = model.metadata["training_layers"]

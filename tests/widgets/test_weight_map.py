@@ -75,8 +75,8 @@ def test_compute_matches_core(setup, qtbot):
     with qtbot.waitSignal(widget.weights_updated, timeout=TIMEOUT):
         widget.compute()
     np.testing.assert_allclose(
-        layer.data, training_weights(two_disks(), w0=8.0, sigma=4.0, class_weights=None),
-        rtol=1e-6)
+        layer.data, training_weights(two_disks(), w0=8.0, sigma=4.0, class_weights=None), rtol=1e-6
+    )
     assert len([lay for lay in viewer.layers if lay.name == "cells weights"]) == 1
 
 
@@ -138,8 +138,9 @@ def test_live_update_on_w0_and_paint(setup, qtbot):
     wait_done(qtbot, widget)
     widget.w0.value = 3.0
     expected = training_weights(two_disks(), w0=3.0)
-    qtbot.waitUntil(lambda: np.allclose(widget.weights_layer.data, expected, rtol=1e-6),
-                    timeout=TIMEOUT)
+    qtbot.waitUntil(
+        lambda: np.allclose(widget.weights_layer.data, expected, rtol=1e-6), timeout=TIMEOUT
+    )
     from napari_unet._widgets._settings import get_setting
 
     assert get_setting("w0") == 3.0
@@ -148,8 +149,9 @@ def test_live_update_on_w0_and_paint(setup, qtbot):
     painted = np.asarray(labels.data).copy()
     assert painted[24, 30] == 4
     expected = training_weights(painted, w0=3.0)
-    qtbot.waitUntil(lambda: np.allclose(widget.weights_layer.data, expected, rtol=1e-6),
-                    timeout=TIMEOUT)
+    qtbot.waitUntil(
+        lambda: np.allclose(widget.weights_layer.data, expected, rtol=1e-6), timeout=TIMEOUT
+    )
     wait_done(qtbot, widget)
 
 

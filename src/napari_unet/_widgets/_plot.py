@@ -61,8 +61,9 @@ class TrainingPlot(QWidget):
         Validation scores at the steps where validation ran.
     """
 
-    def __init__(self, viewer: napari.viewer.Viewer | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, viewer: napari.viewer.Viewer | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
         from matplotlib.figure import Figure
@@ -85,12 +86,15 @@ class TrainingPlot(QWidget):
         self.loss_axes = self.figure.add_subplot()
         self.score_axes = self.loss_axes.twinx()
         (self._raw_line,) = self.loss_axes.plot([], [], lw=0.8, alpha=0.35, color="#8ab4f8")
-        (self._loss_line,) = self.loss_axes.plot([], [], lw=1.6, color="#8ab4f8",
-                                                 label="loss (smoothed)")
-        (self._iou_line,) = self.score_axes.plot([], [], "o-", ms=4, lw=1, color="#f6b26b",
-                                                 label="val IoU")
-        (self._f1_line,) = self.score_axes.plot([], [], "s--", ms=4, lw=1, color="#93c47d",
-                                                label="val F1")
+        (self._loss_line,) = self.loss_axes.plot(
+            [], [], lw=1.6, color="#8ab4f8", label="loss (smoothed)"
+        )
+        (self._iou_line,) = self.score_axes.plot(
+            [], [], "o-", ms=4, lw=1, color="#f6b26b", label="val IoU"
+        )
+        (self._f1_line,) = self.score_axes.plot(
+            [], [], "s--", ms=4, lw=1, color="#93c47d", label="val F1"
+        )
         self.loss_axes.set_xlabel("step")
         self.loss_axes.set_ylabel("loss")
         self.score_axes.set_ylabel("validation score")
@@ -131,8 +135,9 @@ class TrainingPlot(QWidget):
             self.loss_axes.set_ylim(0, top * 1.05 if top > 0 else 1)
         if self._legend is None and (self.steps or self.validation_steps):
             handles = [self._loss_line, self._iou_line, self._f1_line]
-            self._legend = self.figure.legend(handles=handles, loc="outside upper center",
-                                              ncols=3, fontsize=7, frameon=False)
+            self._legend = self.figure.legend(
+                handles=handles, loc="outside upper center", ncols=3, fontsize=7, frameon=False
+            )
             self.apply_theme()
         self.canvas.draw_idle()
 

@@ -97,8 +97,12 @@ def allocate_zeros(shape: tuple[int, ...], dtype: Any, *, name: str = "labels") 
     folder = tempfile.mkdtemp(prefix="napari-unet-")
     chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
     array = zarr.open_array(
-        str(Path(folder) / f"{name}.zarr"), mode="w", shape=shape, chunks=chunks,
-        dtype=dtype, fill_value=0,
+        str(Path(folder) / f"{name}.zarr"),
+        mode="w",
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=0,
     )
     try:
         weakref.finalize(array, shutil.rmtree, folder, ignore_errors=True)
@@ -130,8 +134,9 @@ def check_labels_match(labels: Any, image: Any) -> None:
             f"{image.name!r} has pixel shape {shape}: pick matching layers or use "
             f"'New annotation layer'"
         )
-    if not (np.allclose(labels.scale, image.scale) and np.allclose(labels.translate,
-                                                                   image.translate)):
+    if not (
+        np.allclose(labels.scale, image.scale) and np.allclose(labels.translate, image.translate)
+    ):
         raise ValueError(
             f"Labels layer {labels.name!r} (scale {tuple(labels.scale)}, translate "
             f"{tuple(labels.translate)}) is not aligned with image {image.name!r} (scale "
@@ -298,12 +303,14 @@ class AnnotateWidget(Container):
         self._syncing_image = False
 
         self.image_layer = create_widget(
-            annotation="napari.layers.Image", label="Image",
+            annotation="napari.layers.Image",
+            label="Image",
             options={"choices": _layer_choices(viewer, "Image")},
         )
         self.new_layer_button = PushButton(text="New annotation layer")
         self.labels_layer = create_widget(
-            annotation="napari.layers.Labels", label="Masks",
+            annotation="napari.layers.Labels",
+            label="Masks",
             options={"choices": _layer_choices(viewer, "Labels")},
         )
         self.new_cell_button = PushButton(text="New cell")
@@ -312,11 +319,18 @@ class AnnotateWidget(Container):
         self.add_region_button = PushButton(text="Add region (rectangles)")
         self.status = Label(value="Pick an image, then 'New annotation layer'.", label="Status")
         self.status.native.setWordWrap(True)
-        self.extend([
-            self.image_layer, self.new_layer_button, self.labels_layer,
-            self.new_cell_button, self.brush_size, self.plane_annotated,
-            self.add_region_button, self.status,
-        ])
+        self.extend(
+            [
+                self.image_layer,
+                self.new_layer_button,
+                self.labels_layer,
+                self.new_cell_button,
+                self.brush_size,
+                self.plane_annotated,
+                self.add_region_button,
+                self.status,
+            ]
+        )
 
         self._status_timer = QTimer(self.native)
         self._status_timer.setSingleShot(True)
@@ -355,8 +369,11 @@ class AnnotateWidget(Container):
         shape = spatial_shape(image)
         data = allocate_zeros(shape, _LABELS_DTYPE, name=f"{image.name} masks")
         layer = self._viewer.add_labels(
-            data, name=f"{image.name}{MASKS_SUFFIX}", scale=image.scale,
-            translate=image.translate, metadata={},
+            data,
+            name=f"{image.name}{MASKS_SUFFIX}",
+            scale=image.scale,
+            translate=image.translate,
+            metadata={},
         )
         annotation_info(layer)["image"] = image.name
         self.reset_choices()
@@ -431,9 +448,14 @@ class AnnotateWidget(Container):
         shapes = regions_layer_for(self._viewer, labels)
         if shapes is None:
             shapes = self._viewer.add_shapes(
-                name=f"{labels.name}{REGIONS_SUFFIX}", ndim=labels.ndim, scale=labels.scale,
-                translate=labels.translate, shape_type="rectangle", edge_color="yellow",
-                face_color="transparent", edge_width=2,
+                name=f"{labels.name}{REGIONS_SUFFIX}",
+                ndim=labels.ndim,
+                scale=labels.scale,
+                translate=labels.translate,
+                shape_type="rectangle",
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=2,
             )
         self._hook_regions(shapes)
         self._viewer.layers.selection.active = shapes
@@ -465,8 +487,10 @@ class AnnotateWidget(Container):
                 text = f"{n_cells} cells · {where} · {n_rect} regions"
             else:
                 listed = ", ".join(map(str, planes[:12])) + (" …" if len(planes) > 12 else "")
-                text = (f"Plane {plane}: {n_cells} cells · annotated planes: "
-                        f"{listed or 'none'} · {n_rect} regions")
+                text = (
+                    f"Plane {plane}: {n_cells} cells · annotated planes: "
+                    f"{listed or 'none'} · {n_rect} regions"
+                )
             if not planes and not n_rect:
                 text += "\n(nothing marked: planes with cells count as fully annotated)"
         self.status.value = text
@@ -508,12 +532,17 @@ class AnnotateWidget(Container):
             else:
                 plane = current_plane(self._viewer, layer)
                 self.plane_annotated.value = (0 if plane is None else plane) in annotation_info(
-                    layer)["planes"]
+                    layer
+                )["planes"]
                 self.brush_size.value = int(min(max(layer.brush_size, 1), self.brush_size.max))
         finally:
             self._updating_plane_box = False
-        for widget in (self.new_cell_button, self.brush_size, self.plane_annotated,
-                       self.add_region_button):
+        for widget in (
+            self.new_cell_button,
+            self.brush_size,
+            self.plane_annotated,
+            self.add_region_button,
+        ):
             widget.enabled = layer is not None
 
     def _hook_labels(self, layer: Any) -> None:
@@ -531,9 +560,13 @@ class AnnotateWidget(Container):
         self._hook_regions(regions_layer_for(self._viewer, layer) if layer is not None else None)
 
     def _labels_slots(self) -> list[tuple[str, Any]]:
-        return [("paint", self._on_paint), ("data", self._schedule_status),
-                ("metadata", self._on_metadata), ("brush_size", self._on_layer_brush),
-                ("name", self._on_layers_changed)]
+        return [
+            ("paint", self._on_paint),
+            ("data", self._schedule_status),
+            ("metadata", self._on_metadata),
+            ("brush_size", self._on_layer_brush),
+            ("name", self._on_layers_changed),
+        ]
 
     def _hook_regions(self, shapes: Any) -> None:
         if shapes is self._hooked_regions:

@@ -114,8 +114,11 @@ def context_window(model: UNet, shape: tuple[int, int], target: Window) -> Windo
 
 
 def count_batches(
-    model: UNet, jobs: Sequence[tuple[Index, Window]], shape: tuple[int, int],
-    tile_size: int, batch_size: int,
+    model: UNet,
+    jobs: Sequence[tuple[Index, Window]],
+    shape: tuple[int, int],
+    tile_size: int,
+    batch_size: int,
 ) -> int:
     """Tile batches (= progress events) that :func:`iter_predict_layer` yields."""
     from napari_unet.core.tiling import plan_tiles
@@ -132,8 +135,7 @@ def max_label(data: Any) -> int:
     """Largest id in a labels array (numpy, or zarr/dask read plane by plane)."""
     if isinstance(data, np.ndarray):
         return int(data.max()) if data.size else 0
-    return max((int(np.asarray(data[i]).max()) for i in np.ndindex(*data.shape[:-2])),
-               default=0)
+    return max((int(np.asarray(data[i]).max()) for i in np.ndindex(*data.shape[:-2])), default=0)
 
 
 def zeros(shape: tuple[int, ...], dtype: Any, name: str) -> Any:
@@ -205,18 +207,42 @@ def iter_predict_layer(
         crop = plane[..., rows, cols]
         prob = np.zeros((model.n_classes, *crop.shape[-2:]), np.float32)
         gen = iter_predict_tiled(
-            model, crop, tile_size=tile_size, batch_size=batch_size, device=device, out=prob,
+            model,
+            crop,
+            tile_size=tile_size,
+            batch_size=batch_size,
+            device=device,
+            out=prob,
             channel_axis=-3 if channels else None,
         )
 
         origin = (rows.start, cols.start)
 
-        def event(tiles: Any, n_done: int, labels: np.ndarray | None = None, *, k: int = k,
-                  index: Index = index, target: Window = target, origin: tuple[int, int] = origin,
-                  prob: np.ndarray = prob) -> PredictionProgress:
+        def event(
+            tiles: Any,
+            n_done: int,
+            labels: np.ndarray | None = None,
+            *,
+            k: int = k,
+            index: Index = index,
+            target: Window = target,
+            origin: tuple[int, int] = origin,
+            prob: np.ndarray = prob,
+        ) -> PredictionProgress:
             regions = tuple((r, c) for _, r, c in tiles.regions)
-            return PredictionProgress(n_done, total, k, len(jobs), index, target, origin, prob,
-                                      regions, labels, tiles.message)
+            return PredictionProgress(
+                n_done,
+                total,
+                k,
+                len(jobs),
+                index,
+                target,
+                origin,
+                prob,
+                regions,
+                labels,
+                tiles.message,
+            )
 
         # hold back each batch's event by one, so a plane's last batch carries its labels
         pending = None
@@ -226,11 +252,16 @@ def iter_predict_layer(
             done += 1
             pending = tiles
         local = tuple(
-            slice(t.start - o, t.stop - o) for t, o in zip(target, (rows.start, cols.start),
-                                                           strict=True)
+            slice(t.start - o, t.stop - o)
+            for t, o in zip(target, (rows.start, cols.start), strict=True)
         )
-        labels = probabilities_to_labels(prob[(slice(None), *local)], threshold=threshold,
-                                         min_size=min_size, split=split, expand=expand)
+        labels = probabilities_to_labels(
+            prob[(slice(None), *local)],
+            threshold=threshold,
+            min_size=min_size,
+            split=split,
+            expand=expand,
+        )
         n_objects = int(labels.max())
         labels[labels > 0] += np.uint32(next_label - 1)
         next_label += n_objects
@@ -275,44 +306,77 @@ class PredictWidget(Container):
         self.model_info = Label(value="")
         self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
         self.scope = ComboBox(choices=SCOPES, value="plane", label="Predict")
-        self.tile_size = SpinBox(value=int(settings["tile_size"]), min=0, max=16384, step=16,
-                                 label="Tile size",
-                                 tooltip="Largest input tile edge; 0 = automatic (memory)")
+        self.tile_size = SpinBox(
+            value=int(settings["tile_size"]),
+            min=0,
+            max=16384,
+            step=16,
+            label="Tile size",
+            tooltip="Largest input tile edge; 0 = automatic (memory)",
+        )
         device = str(settings["device"])
-        self.device = ComboBox(choices=DEVICES, value=device if device in DEVICES else "auto",
-                               label="Device")
-        self.threshold = FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05,
-                                      label="Threshold")
+        self.device = ComboBox(
+            choices=DEVICES, value=device if device in DEVICES else "auto", label="Device"
+        )
+        self.threshold = FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05, label="Threshold")
         self.min_size = SpinBox(value=16, min=0, max=1_000_000, label="Min size (px)")
         self.split = CheckBox(text="Split touching cells (watershed)", value=False)
-        self.expand = SpinBox(value=0, min=0, max=50, label="Grow cells (px)",
-                              tooltip="Grow every cell by this many pixels into the background "
-                              "without merging cells (restores the rim that training with "
-                              "separated touching cells leaves out)")
-        self.tta = CheckBox(text="Test-time augmentation (8 flips/rotations, 8x slower)",
-                            value=False)
+        self.expand = SpinBox(
+            value=0,
+            min=0,
+            max=50,
+            label="Grow cells (px)",
+            tooltip="Grow every cell by this many pixels into the background "
+            "without merging cells (restores the rim that training with "
+            "separated touching cells leaves out)",
+        )
+        self.tta = CheckBox(
+            text="Test-time augmentation (8 flips/rotations, 8x slower)", value=False
+        )
         self.show_probabilities = CheckBox(text="Show probabilities", value=False)
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        buttons = Container(widgets=[self.predict_button, self.cancel_button],
-                            layout="horizontal", labels=False)
+        buttons = Container(
+            widgets=[self.predict_button, self.cancel_button], layout="horizontal", labels=False
+        )
         buttons.margins = (0, 0, 0, 0)
         self.status = Label(value="", label="Status")
-        self.annotation_layer = create_widget(annotation="napari.layers.Labels",
-                                              label="Annotations")
-        self.mark_annotated = CheckBox(text="Mark the plane as annotated", value=False,
-                                       tooltip="Only if the prediction needs no correction")
-        self.use_button = PushButton(text="Use as annotation",
-                                     tooltip="Copy the predicted cells of the current plane "
-                                     "into the annotation layer, to correct and retrain")
-        self.extend([
-            self.model_source, self.model_file, self.model_info, self.image_layer, self.scope,
-            self.tile_size, self.device, self.threshold, self.min_size, self.split, self.expand,
-            self.tta,
-            self.show_probabilities, buttons, self.status,
-            Label(value="<b>Correct and retrain</b>"), self.annotation_layer,
-            self.mark_annotated, self.use_button,
-        ])
+        self.annotation_layer = create_widget(
+            annotation="napari.layers.Labels", label="Annotations"
+        )
+        self.mark_annotated = CheckBox(
+            text="Mark the plane as annotated",
+            value=False,
+            tooltip="Only if the prediction needs no correction",
+        )
+        self.use_button = PushButton(
+            text="Use as annotation",
+            tooltip="Copy the predicted cells of the current plane "
+            "into the annotation layer, to correct and retrain",
+        )
+        self.extend(
+            [
+                self.model_source,
+                self.model_file,
+                self.model_info,
+                self.image_layer,
+                self.scope,
+                self.tile_size,
+                self.device,
+                self.threshold,
+                self.min_size,
+                self.split,
+                self.expand,
+                self.tta,
+                self.show_probabilities,
+                buttons,
+                self.status,
+                Label(value="<b>Correct and retrain</b>"),
+                self.annotation_layer,
+                self.mark_annotated,
+                self.use_button,
+            ]
+        )
 
         for label in (self.model_info, self.status):
             label.native.setWordWrap(True)
@@ -395,14 +459,28 @@ class PredictWidget(Container):
         net = TestTimeAugmentation(model) if self.tta.value else model
         total = count_batches(net, jobs, shape, tile, batch)
         worker = create_worker(
-            iter_predict_layer, net, arr, jobs, tile_size=tile, batch_size=batch,
-            device=self.device.value, threshold=float(self.threshold.value),
-            min_size=int(self.min_size.value), split=bool(self.split.value),
-            expand=int(self.expand.value), channels=channels, first_label=first_label,
+            iter_predict_layer,
+            net,
+            arr,
+            jobs,
+            tile_size=tile,
+            batch_size=batch,
+            device=self.device.value,
+            threshold=float(self.threshold.value),
+            min_size=int(self.min_size.value),
+            split=bool(self.split.value),
+            expand=int(self.expand.value),
+            channels=channels,
+            first_label=first_label,
             _progress={"total": total, "desc": "U-Net prediction"},
         )
-        self._job = {"labels": labels_layer, "prob": prob_layer, "planes_done": 0,
-                     "n_planes": len(jobs), "cells": 0}
+        self._job = {
+            "labels": labels_layer,
+            "prob": prob_layer,
+            "planes_done": 0,
+            "n_planes": len(jobs),
+            "cells": 0,
+        }
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
         worker.aborted.connect(self._on_aborted)
@@ -514,12 +592,16 @@ class PredictWidget(Container):
         where = f"plane {plane} of '{target.name}'" if index else f"'{target.name}'"
         if self.mark_annotated.value:
             info["planes"] = sorted({*info["planes"], plane})
-            show_info(f"Copied {n_cells} predicted cells into {where} and marked it as "
-                      "annotated. Train again (start from: current model) to improve.")
+            show_info(
+                f"Copied {n_cells} predicted cells into {where} and marked it as "
+                "annotated. Train again (start from: current model) to improve."
+            )
         else:
-            show_info(f"Copied {n_cells} predicted cells into {where}. Correct them (paint, "
-                      "erase, fill), mark the plane as annotated in '1. Annotate', then train "
-                      "again starting from the current model.")
+            show_info(
+                f"Copied {n_cells} predicted cells into {where}. Correct them (paint, "
+                "erase, fill), mark the plane as annotated in '1. Annotate', then train "
+                "again starting from the current model."
+            )
         return n_cells
 
     # -- planning ---------------------------------------------------------
@@ -534,12 +616,14 @@ class PredictWidget(Container):
             return self._file_model
         model = get_session(self._viewer).model
         if model is None:
-            raise ValueError("there is no current model: train one in '3. Train' or load a "
-                             "model file")
+            raise ValueError(
+                "there is no current model: train one in '3. Train' or load a model file"
+            )
         return model
 
-    def _jobs(self, image: Any, lead: tuple[int, ...],
-              shape: tuple[int, int]) -> list[tuple[Index, Window]]:
+    def _jobs(
+        self, image: Any, lead: tuple[int, ...], shape: tuple[int, int]
+    ) -> list[tuple[Index, Window]]:
         whole = (slice(0, shape[0]), slice(0, shape[1]))
         scope = self.scope.value
         if scope == "stack":
@@ -549,8 +633,9 @@ class PredictWidget(Container):
             return [(index, self.field_of_view(image))]
         return [(index, whole)]
 
-    def _output_layers(self, image: Any, shape: tuple[int, ...],
-                       channels: bool) -> tuple[Any, Any]:
+    def _output_layers(
+        self, image: Any, shape: tuple[int, ...], channels: bool
+    ) -> tuple[Any, Any]:
         scale, translate = np.asarray(image.scale), np.asarray(image.translate)
         if channels and not image.rgb:  # a channel axis in the image, not in the labels
             scale, translate = np.delete(scale, -3), np.delete(translate, -3)
@@ -561,8 +646,13 @@ class PredictWidget(Container):
             if tuple(labels.data.shape) != shape:
                 labels.data = zeros(shape, np.uint32, "prediction")
         else:
-            labels = self._viewer.add_labels(zeros(shape, np.uint32, "prediction"), name=name,
-                                             scale=scale, translate=translate, opacity=0.6)
+            labels = self._viewer.add_labels(
+                zeros(shape, np.uint32, "prediction"),
+                name=name,
+                scale=scale,
+                translate=translate,
+                opacity=0.6,
+            )
         prob = None
         if self.show_probabilities.value:
             pname = self.output_name("probability")
@@ -572,9 +662,14 @@ class PredictWidget(Container):
                     prob.data = zeros(shape, np.float32, "probability")
             else:
                 prob = self._viewer.add_image(
-                    zeros(shape, np.float32, "probability"), name=pname, colormap="magma",
-                    contrast_limits=(0.0, 1.0), blending="additive", scale=scale,
-                    translate=translate, multiscale=False,
+                    zeros(shape, np.float32, "probability"),
+                    name=pname,
+                    colormap="magma",
+                    contrast_limits=(0.0, 1.0),
+                    blending="additive",
+                    scale=scale,
+                    translate=translate,
+                    multiscale=False,
                 )
                 # below the labels so that the cells stay visible
                 layers.move(layers.index(prob), layers.index(labels))
@@ -589,10 +684,13 @@ class PredictWidget(Container):
             for rows, cols in event.regions:
                 prows = _intersect(slice(rows.start + r0, rows.stop + r0), event.target[0])
                 pcols = _intersect(slice(cols.start + c0, cols.stop + c0), event.target[1])
-                local = (slice(prows.start - r0, prows.stop - r0),
-                         slice(pcols.start - c0, pcols.stop - c0))
-                prob_layer.data[(*event.index, prows, pcols)] = 1.0 - event.probabilities[
-                    (0, *local)]
+                local = (
+                    slice(prows.start - r0, prows.stop - r0),
+                    slice(pcols.start - c0, pcols.stop - c0),
+                )
+                prob_layer.data[(*event.index, prows, pcols)] = (
+                    1.0 - event.probabilities[(0, *local)]
+                )
             now = time.monotonic()
             if event.labels is not None or now - self._last_refresh > REFRESH_INTERVAL:
                 prob_layer.refresh()
@@ -604,20 +702,24 @@ class PredictWidget(Container):
             job["planes_done"] += 1
             job["cells"] += int(np.count_nonzero(np.unique(event.labels)))
         where = f"plane {event.index[0] if event.index else 0}"
-        self.status.value = (f"{where} ({event.job + 1}/{event.n_jobs}): "
-                             f"tile batch {event.done}/{event.total}")
+        self.status.value = (
+            f"{where} ({event.job + 1}/{event.n_jobs}): tile batch {event.done}/{event.total}"
+        )
         if event.message:
             show_info(event.message)
 
     def _on_returned(self, next_label: int) -> None:
         job = self._job
-        self.status.value = (f"Done: {job['cells']} cells in {job['planes_done']} plane(s) → "
-                             f"'{job['labels'].name}'.")
+        self.status.value = (
+            f"Done: {job['cells']} cells in {job['planes_done']} plane(s) → "
+            f"'{job['labels'].name}'."
+        )
 
     def _on_aborted(self) -> None:
         job = self._job
-        self.status.value = (f"Cancelled: {job['planes_done']} of {job['n_planes']} plane(s) "
-                             "done and kept.")
+        self.status.value = (
+            f"Cancelled: {job['planes_done']} of {job['n_planes']} plane(s) done and kept."
+        )
 
     def _on_errored(self, err: Exception) -> None:
         self.status.value = f"Prediction failed: {err}"
@@ -629,8 +731,16 @@ class PredictWidget(Container):
     def _set_running(self, running: bool) -> None:
         self.predict_button.enabled = not running
         self.cancel_button.enabled = running
-        for widget in (self.model_source, self.model_file, self.image_layer, self.scope,
-                       self.tile_size, self.device, self.tta, self.show_probabilities):
+        for widget in (
+            self.model_source,
+            self.model_file,
+            self.image_layer,
+            self.scope,
+            self.tile_size,
+            self.device,
+            self.tta,
+            self.show_probabilities,
+        ):
             widget.enabled = not running
 
     def _on_predict_clicked(self) -> None:
@@ -669,7 +779,8 @@ class PredictWidget(Container):
         if model is None:
             self.model_info.value = (
                 "No model yet: train one in '3. Train'."
-                if self.model_source.value == "current" else "Choose a napari-unet model file."
+                if self.model_source.value == "current"
+                else "Choose a napari-unet model file."
             )
             return
         config = model.config

@@ -111,61 +111,103 @@ class TrainWidget(Container):
         self.last_result: TrainResult | None = None
         settings = load_settings()
 
-        self.labels_layer = create_widget(annotation="napari.layers.Labels",
-                                          label="Annotations")
+        self.labels_layer = create_widget(annotation="napari.layers.Labels", label="Annotations")
         self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
         self.all_layers = CheckBox(text="Also use other annotated layers", value=False)
         self.data_info = Label(value="", label="Training data")
         self.start_from = ComboBox(choices=START_CHOICES, value="scratch", label="Start from")
         self.model_file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
-        self.steps = SpinBox(value=int(settings["steps"]), min=1, max=1_000_000, step=50,
-                             label="Steps")
-        self.minutes = FloatSpinBox(value=float(settings["minutes"]), min=0.0, max=10_000.0,
-                                    step=1.0, label="Max minutes",
-                                    tooltip="Wall-time budget; 0 = no time limit")
+        self.steps = SpinBox(
+            value=int(settings["steps"]), min=1, max=1_000_000, step=50, label="Steps"
+        )
+        self.minutes = FloatSpinBox(
+            value=float(settings["minutes"]),
+            min=0.0,
+            max=10_000.0,
+            step=1.0,
+            label="Max minutes",
+            tooltip="Wall-time budget; 0 = no time limit",
+        )
         base = int(settings["base_channels"])
         self.base_channels = ComboBox(
-            choices=BASE_CHANNELS, value=base if base in BASE_CHANNELS else 16,
-            label="Model size", tooltip="Channels of the first level (the paper uses 64; "
-            "16 trains fast on a CPU)",
+            choices=BASE_CHANNELS,
+            value=base if base in BASE_CHANNELS else 16,
+            label="Model size",
+            tooltip="Channels of the first level (the paper uses 64; 16 trains fast on a CPU)",
         )
         device = str(settings["device"])
-        self.device = ComboBox(choices=DEVICES, value=device if device in DEVICES else "auto",
-                               label="Device")
+        self.device = ComboBox(
+            choices=DEVICES, value=device if device in DEVICES else "auto", label="Device"
+        )
         self.weight_map = CheckBox(
-            text="U-Net weight map (separate touching cells)", value=True,
+            text="U-Net weight map (separate touching cells)",
+            value=True,
             tooltip="Paper's border weights (w0, sigma) on top of class balance; "
             "off = class balance only",
         )
-        self.w0 = FloatSpinBox(value=float(settings["w0"]), min=0.0, max=100.0, step=1.0,
-                               label="w0")
-        self.sigma = FloatSpinBox(value=float(settings["sigma"]), min=0.5, max=50.0, step=0.5,
-                                  label="sigma (px)")
-        self.patch_size = SpinBox(value=380, min=64, max=2048, step=16, label="Patch size",
-                                  tooltip="Input patch edge (rounded up to a valid size)")
+        self.w0 = FloatSpinBox(
+            value=float(settings["w0"]), min=0.0, max=100.0, step=1.0, label="w0"
+        )
+        self.sigma = FloatSpinBox(
+            value=float(settings["sigma"]), min=0.5, max=50.0, step=0.5, label="sigma (px)"
+        )
+        self.patch_size = SpinBox(
+            value=380,
+            min=64,
+            max=2048,
+            step=16,
+            label="Patch size",
+            tooltip="Input patch edge (rounded up to a valid size)",
+        )
         self.batch_size = SpinBox(value=2, min=1, max=64, label="Batch size")
-        self.learning_rate = FloatSpinBox(value=1e-3, min=1e-4, max=1.0, step=1e-4,
-                                          label="Learning rate",
-                                          tooltip="Adam's initial learning rate (cosine decay)")
+        self.learning_rate = FloatSpinBox(
+            value=1e-3,
+            min=1e-4,
+            max=1.0,
+            step=1e-4,
+            label="Learning rate",
+            tooltip="Adam's initial learning rate (cosine decay)",
+        )
         self.validate = CheckBox(
-            text="Validate on the last annotated plane/region", value=True,
+            text="Validate on the last annotated plane/region",
+            value=True,
             tooltip="Hold out the last annotated example (when there are >= 2) to score "
             "the model and keep the best one",
         )
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.save_button = PushButton(text="Save model…", enabled=False)
-        buttons = Container(widgets=[self.train_button, self.stop_button, self.save_button],
-                            layout="horizontal", labels=False)
+        buttons = Container(
+            widgets=[self.train_button, self.stop_button, self.save_button],
+            layout="horizontal",
+            labels=False,
+        )
         buttons.margins = (0, 0, 0, 0)
         self.status = Label(value="Not trained yet.", label="Status")
 
-        self.extend([
-            self.labels_layer, self.image_layer, self.all_layers, self.data_info,
-            self.start_from, self.model_file, self.steps, self.minutes, self.base_channels,
-            self.device, self.weight_map, self.w0, self.sigma, self.patch_size,
-            self.batch_size, self.learning_rate, self.validate, buttons, self.status,
-        ])
+        self.extend(
+            [
+                self.labels_layer,
+                self.image_layer,
+                self.all_layers,
+                self.data_info,
+                self.start_from,
+                self.model_file,
+                self.steps,
+                self.minutes,
+                self.base_channels,
+                self.device,
+                self.weight_map,
+                self.w0,
+                self.sigma,
+                self.patch_size,
+                self.batch_size,
+                self.learning_rate,
+                self.validate,
+                buttons,
+                self.status,
+            ]
+        )
 
         for label in (self.data_info, self.status):
             label.native.setWordWrap(True)
@@ -222,9 +264,14 @@ class TrainWidget(Container):
                 f"{channels}; train from scratch or pick another model"
             )
         config = self._config()
-        save_settings(steps=config.steps, minutes=float(self.minutes.value),
-                      base_channels=int(self.base_channels.value), device=self.device.value,
-                      w0=config.w0, sigma=config.sigma)
+        save_settings(
+            steps=config.steps,
+            minutes=float(self.minutes.value),
+            base_channels=int(self.base_channels.value),
+            device=self.device.value,
+            w0=config.w0,
+            sigma=config.sigma,
+        )
 
         self._stop_event.clear()
         self._job_layers = sources
@@ -246,8 +293,11 @@ class TrainWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._set_running(True)
-        held_out = " (the last one held out for validation)" if (
-            config.validation == "auto" and len(crops) >= 2) else ""
+        held_out = (
+            " (the last one held out for validation)"
+            if (config.validation == "auto" and len(crops) >= 2)
+            else ""
+        )
         self.status.value = f"Training on {len(crops)} example(s){held_out}…"
         worker.start()
         return worker
@@ -336,11 +386,16 @@ class TrainWidget(Container):
             if not planes and not rectangles:
                 unmarked.append(labels.name)
             found = training_crops(
-                image.data, labels.data, planes=planes, rectangles=rectangles,
+                image.data,
+                labels.data,
+                planes=planes,
+                rectangles=rectangles,
                 channel_axis=-1 if image.rgb else None,
             )
-            crops += [Crop(np.array(c.image), np.array(c.labels), np.array(c.mask), c.source)
-                      for c in found]
+            crops += [
+                Crop(np.array(c.image), np.array(c.labels), np.array(c.mask), c.source)
+                for c in found
+            ]
             sources += [f"{labels.name}: {c.source}" for c in found]
         if not crops:
             raise ValueError(
@@ -401,8 +456,9 @@ class TrainWidget(Container):
 
         session = get_session(self._viewer)
         default = str(session.model_path or Path.home() / "unet-model.pt")
-        path, _ = QFileDialog.getSaveFileName(self.native, "Save U-Net model", default,
-                                              "napari-unet model (*.pt)")
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save U-Net model", default, "napari-unet model (*.pt)"
+        )
         if path:
             self.save_model(path)
 
@@ -438,8 +494,11 @@ class TrainWidget(Container):
                 parts.append(f"{len(planes)} annotated plane(s)")
             if n_regions:
                 parts.append(f"{n_regions} annotated region(s)")
-            text = (" + ".join(parts) if parts
-                    else "Nothing marked: painted planes count as fully annotated.")
+            text = (
+                " + ".join(parts)
+                if parts
+                else "Nothing marked: painted planes count as fully annotated."
+            )
         self.data_info.value = text
         return text
 
@@ -507,9 +566,14 @@ class TrainWidget(Container):
         self.save_button.enabled = not running and (
             self.last_result is not None or get_session(self._viewer).model is not None
         )
-        for widget in (self.labels_layer, self.image_layer, self.start_from, self.steps,
-                       self.minutes, self.device):
+        for widget in (
+            self.labels_layer,
+            self.image_layer,
+            self.start_from,
+            self.steps,
+            self.minutes,
+            self.device,
+        ):
             widget.enabled = not running
         if not running:
             self._on_start_from_changed()
-

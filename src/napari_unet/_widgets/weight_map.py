@@ -93,14 +93,14 @@ def iter_weight_planes(
         mask = region_mask(lab.shape, plane, marked_planes, rectangles)
         # exactly what training uses: touching cells are separated by a gap first
         lab = separate_touching(as_instances(lab))
-        weights = unet_weight_map(lab, w0=w0, sigma=sigma, class_weights=class_weights,
-                                  mask=mask)
+        weights = unet_weight_map(lab, w0=w0, sigma=sigma, class_weights=class_weights, mask=mask)
         known = np.ones(lab.shape, bool) if mask is None else mask
         fg = (lab != 0) & known
         bg = (lab == 0) & known
         # cells carry exactly their class weight; the far background carries its own
-        class_max = max(float(weights[fg].max(initial=0.0)),
-                        float(weights[bg].min(initial=0.0)), 1.0)
+        class_max = max(
+            float(weights[fg].max(initial=0.0)), float(weights[bg].min(initial=0.0)), 1.0
+        )
         yield PlaneWeights(plane, weights, w0 + class_max, mask is not None and not mask.any())
 
 
@@ -152,22 +152,36 @@ class WeightMapWidget(Container):
 
         settings = load_settings()
         self.labels_layer = create_widget(
-            annotation="napari.layers.Labels", label="Masks",
+            annotation="napari.layers.Labels",
+            label="Masks",
             options={"choices": _layer_choices(viewer, "Labels")},
         )
-        self.w0 = FloatSpinBox(value=float(settings["w0"]), min=0.0, max=1000.0, step=1.0,
-                               label="w0")
-        self.sigma = FloatSpinBox(value=float(settings["sigma"]), min=0.1, max=500.0,
-                                  step=0.5, label="sigma (px)")
+        self.w0 = FloatSpinBox(
+            value=float(settings["w0"]), min=0.0, max=1000.0, step=1.0, label="w0"
+        )
+        self.sigma = FloatSpinBox(
+            value=float(settings["sigma"]), min=0.1, max=500.0, step=0.5, label="sigma (px)"
+        )
         self.class_balance = CheckBox(text="class balance", value=True)
-        self.scope = ComboBox(choices=[SCOPE_PLANE, SCOPE_ANNOTATED], value=SCOPE_PLANE,
-                              label="Scope")
+        self.scope = ComboBox(
+            choices=[SCOPE_PLANE, SCOPE_ANNOTATED], value=SCOPE_PLANE, label="Scope"
+        )
         self.live = CheckBox(text="live update", value=True)
         self.compute_button = PushButton(text="Compute weight map")
         self.status = Label(value="", label="Status")
         self.status.native.setWordWrap(True)
-        self.extend([self.labels_layer, self.w0, self.sigma, self.class_balance, self.scope,
-                     self.live, self.compute_button, self.status])
+        self.extend(
+            [
+                self.labels_layer,
+                self.w0,
+                self.sigma,
+                self.class_balance,
+                self.scope,
+                self.live,
+                self.compute_button,
+                self.status,
+            ]
+        )
 
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
@@ -210,8 +224,10 @@ class WeightMapWidget(Container):
         if labels is None:
             raise ValueError("pick a Labels layer (the painted masks) first")
         if labels.ndim not in (2, 3):
-            raise ValueError(f"weight maps need 2D or 3D (planes, Y, X) labels, got "
-                             f"{labels.ndim}D layer {labels.name!r}")
+            raise ValueError(
+                f"weight maps need 2D or 3D (planes, Y, X) labels, got "
+                f"{labels.ndim}D layer {labels.name!r}"
+            )
         self._abort_worker()
         self._timer.stop()
         self._token += 1
@@ -231,22 +247,30 @@ class WeightMapWidget(Container):
             planes = None  # every painted plane, found in the worker
         self._last_plane = plane
         params = {
-            "w0": float(self.w0.value), "sigma": float(self.sigma.value),
+            "w0": float(self.w0.value),
+            "sigma": float(self.sigma.value),
             "class_weights": "balanced" if self.class_balance.value else None,
         }
         self._ensure_layer(labels)
         self._written = set()
         self._outside = set()
         worker = create_worker(
-            iter_weight_planes, labels.data, planes, marked_planes=marked, rectangles=rects,
+            iter_weight_planes,
+            labels.data,
+            planes,
+            marked_planes=marked,
+            rectangles=rects,
             **params,
         )
         worker.yielded.connect(functools.partial(self._on_yielded, token))
         worker.returned.connect(functools.partial(self._on_returned, token))
         worker.finished.connect(functools.partial(self._on_finished, worker))
         self._worker = worker
-        where = "image" if planes == [None] else (
-            f"plane {plane}" if self.scope.value == SCOPE_PLANE else "annotated planes")
+        where = (
+            "image"
+            if planes == [None]
+            else (f"plane {plane}" if self.scope.value == SCOPE_PLANE else "annotated planes")
+        )
         self.status.value = f"Computing weights ({where})…"
         worker.start()
         return worker
@@ -276,10 +300,15 @@ class WeightMapWidget(Container):
             self._shown = set()
         if layer is None:
             layer = Image(
-                allocate_zeros(shape, np.float32, name="weights"), name=name,
-                scale=labels.scale, translate=labels.translate, colormap="magma",
-                contrast_limits=(0.0, float(self.w0.value) + 1.0), blending="additive",
-                opacity=0.8, multiscale=False,
+                allocate_zeros(shape, np.float32, name="weights"),
+                name=name,
+                scale=labels.scale,
+                translate=labels.translate,
+                colormap="magma",
+                contrast_limits=(0.0, float(self.w0.value) + 1.0),
+                blending="additive",
+                opacity=0.8,
+                multiscale=False,
             )
             selection = set(self._viewer.layers.selection)
             active = self._viewer.layers.selection.active
@@ -350,8 +379,9 @@ class WeightMapWidget(Container):
             where = f"{len(written)} planes"
         text = f"Weights of {where} ({params})."
         if self._outside and self._outside >= self._written:
-            text += ("\nOutside the annotated region (marked planes, rectangles): "
-                     "all weights are 0.")
+            text += (
+                "\nOutside the annotated region (marked planes, rectangles): all weights are 0."
+            )
         elif self._outside:
             text += f"\n{len(self._outside)} planes are outside the annotated region."
         return text

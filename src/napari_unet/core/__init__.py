@@ -37,6 +37,11 @@ _EXPORTS = {
     "foreground_iou": "metrics",
     "predict_dask": "distributed",
     "open_image": "io",
+    "iter_segment": "segment",
+    "PlaneDone": "segment",
+    "TestTimeAugmentation": "tiling",
+    "training_crops": "annotations",
+    "Rectangle": "annotations",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -56,6 +61,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from napari_unet.core.annotations import Rectangle, training_crops
     from napari_unet.core.augment import augment_sample, elastic_deform
     from napari_unet.core.checkpoint import ModelFileError, load_model, save_model
     from napari_unet.core.device import select_device
@@ -66,7 +72,13 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.model import UNet, UNetConfig, output_size, valid_input_size
     from napari_unet.core.postprocess import probabilities_to_labels
     from napari_unet.core.preprocess import Normalization, normalize
-    from napari_unet.core.tiling import TileProgress, iter_predict_tiled, predict_tiled
+    from napari_unet.core.segment import PlaneDone, iter_segment
+    from napari_unet.core.tiling import (
+        TestTimeAugmentation,
+        TileProgress,
+        iter_predict_tiled,
+        predict_tiled,
+    )
     from napari_unet.core.training import (
         TrainConfig,
         TrainProgress,

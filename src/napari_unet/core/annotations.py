@@ -104,8 +104,9 @@ def training_crops(
         if y1 - y0 < 1 or x1 - x0 < 1 or not lab[y0:y1, x0:x1].any():
             continue
         img = plane_of(image, r.plane)[..., y0:y1, x0:x1]
-        crops.append(Crop(img, lab[y0:y1, x0:x1], np.ones((y1 - y0, x1 - x0), bool),
-                          f"rectangle {r}"))
+        crops.append(
+            Crop(img, lab[y0:y1, x0:x1], np.ones((y1 - y0, x1 - x0), bool), f"rectangle {r}")
+        )
     return crops
 
 
@@ -142,5 +143,5 @@ def region_mask(
     mask = np.zeros(shape, dtype=bool)
     for r in rectangles:
         if r.plane == plane:
-            mask[max(r.y0, 0):max(r.y1, 0), max(r.x0, 0):max(r.x1, 0)] = True
+            mask[max(r.y0, 0) : max(r.y1, 0), max(r.x0, 0) : max(r.x1, 0)] = True
     return mask

@@ -105,7 +105,9 @@ def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"never needs ({detail[0].strip() if detail else 'unsafe pickle'})"
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError) as err:
-        raise ModelFileError(f"{path} is not a readable model file (corrupt or truncated: {err})")
+        raise ModelFileError(
+            f"{path} is not a readable model file (corrupt or truncated: {err})"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a napari-unet model file")
     version = payload.get("format_version")

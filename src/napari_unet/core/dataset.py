@@ -219,7 +219,7 @@ class PatchSampler:
         return image, target, weights
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Return ``(x, y, w)``: images (B, C, P, P), targets (B, O, O) int64, weights (B, O, O)."""
+        """Return ``(x, y, w)``: images (B, C, P, P), int64 targets and weights (B, O, O)."""
         xs, ys, ws = [], [], []
         crop = (self.input_size - self.output_size) // 2
         out = slice(crop, crop + self.output_size)

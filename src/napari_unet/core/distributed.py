@@ -135,9 +135,7 @@ def _mirror_pad(x: Any, axis: int, before: int, after: int) -> Any:
 
 
 def _check_positive(name: str, value: Any) -> None:
-    if value is not None and (
-        isinstance(value, bool) or int(value) != value or value < 1
-    ):
+    if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
         raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
 
 

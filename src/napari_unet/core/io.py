@@ -96,8 +96,12 @@ def _check_complete(tif: tifffile.TiffFile, series: Any, path: Path) -> None:
         ends = [series.dataoffset + series.nbytes]
     else:
         ends = [
-            max((o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)),
-                default=0) if page is not None else size + 1
+            max(
+                (o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=False)),
+                default=0,
+            )
+            if page is not None
+            else size + 1
             for page in series.pages
         ]
     if max(ends, default=0) > size:
@@ -137,7 +141,9 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) 
     if not path.parent.exists():
         raise ValueError(f"output folder does not exist: {path.parent}")
     if path.exists() and not overwrite:
-        raise FileExistsError(f"output {path} exists; pass overwrite=True (--overwrite) to replace it")
+        raise FileExistsError(
+            f"output {path} exists; pass overwrite=True (--overwrite) to replace it"
+        )
     return path
 
 
@@ -186,8 +192,7 @@ class PlaneWriter:
             import zarr
 
             chunks = (1,) * (len(self.shape) - plane_ndim) + tuple(
-                min(s, 2048) if i >= plane_ndim - 2 else s
-                for i, s in enumerate(self.plane_shape)
+                min(s, 2048) if i >= plane_ndim - 2 else s for i, s in enumerate(self.plane_shape)
             )
             self._zarr = zarr.open(
                 str(self._tmp), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype

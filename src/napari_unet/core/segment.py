@@ -100,7 +100,9 @@ def iter_segment(
     arr, lead, channels = as_channels_first(image, model.in_channels, channel_axis)
     todo = list(np.ndindex(*lead)) if planes is None else [tuple(p) for p in planes]
     for index in todo:
-        if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead, strict=True)):
+        if len(index) != len(lead) or any(
+            not 0 <= i < n for i, n in zip(index, lead, strict=True)
+        ):
             raise ValueError(f"plane index {index} is out of range for leading shape {lead}")
     next_label = first_label
     done_before = 0
@@ -113,8 +115,13 @@ def iter_segment(
         del plane
         _release_pages(arr)
         gen = iter_predict_tiled(
-            model, x, tile_size=tile_size, batch_size=batch_size, device=device,
-            channel_axis=-3 if channels else None, tta=tta,
+            model,
+            x,
+            tile_size=tile_size,
+            batch_size=batch_size,
+            device=device,
+            channel_axis=-3 if channels else None,
+            tta=tta,
         )
         while True:
             try:

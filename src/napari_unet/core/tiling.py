@@ -126,7 +126,7 @@ def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[in
     margin = _halo(model)
     tiles = [_tile_for_core(model, c) for c in cores]
     out_size = model.output_size(tiles[0])
-    assert out_size is not None  # noqa: S101 - tiles are valid by construction
+    assert out_size is not None
     offset = margin - (tiles[0] - out_size) // 2
     origins = tuple(
         (y, x) for y in range(0, shape[0], cores[0]) for x in range(0, shape[1], cores[1])
@@ -182,7 +182,7 @@ def as_channels_first(
     if len(shape) < 2:
         raise ValueError(f"`image` must have at least 2 dimensions (Y, X), got shape {shape}")
     dtype = np.dtype(image.dtype)
-    if dtype != bool and (not np.issubdtype(dtype, np.number) or dtype.kind == "c"):
+    if dtype != np.bool_ and (not np.issubdtype(dtype, np.number) or dtype.kind == "c"):
         raise ValueError(f"`image` must be a real numeric array, got dtype {dtype}")
     if channel_axis is None and in_channels == 1:
         return image, shape[:-2], False
@@ -236,8 +236,12 @@ def _read_batch(
 ) -> np.ndarray:
     tiles = []
     for p, y, x in jobs:
-        rows = reflect_indices(np.arange(y - plan.margin, y - plan.margin + plan.tile[0]), shape[0])
-        cols = reflect_indices(np.arange(x - plan.margin, x - plan.margin + plan.tile[1]), shape[1])
+        rows = reflect_indices(
+            np.arange(y - plan.margin, y - plan.margin + plan.tile[0]), shape[0]
+        )
+        cols = reflect_indices(
+            np.arange(x - plan.margin, x - plan.margin + plan.tile[1]), shape[1]
+        )
         tiles.append(_read_tile(image, planes[p], rows, cols, channels))
     return np.stack(tiles)
 
@@ -466,7 +470,11 @@ def iter_predict_tiled(
                 ):
                     done += len(regions)
                     yield TileProgress(
-                        done, len(planes) * per_plane, regions[-1][0], len(planes), regions,
+                        done,
+                        len(planes) * per_plane,
+                        regions[-1][0],
+                        len(planes),
+                        regions,
                         message,
                     )
                     message = ""
@@ -514,8 +522,14 @@ def predict_tiled(
     (2, 50, 70)
     """
     gen = iter_predict_tiled(
-        model, image, tile_size=tile_size, batch_size=batch_size, device=device, out=out,
-        channel_axis=channel_axis, tta=tta,
+        model,
+        image,
+        tile_size=tile_size,
+        batch_size=batch_size,
+        device=device,
+        out=out,
+        channel_axis=channel_axis,
+        tta=tta,
     )
     while True:
         try:

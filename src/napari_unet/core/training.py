@@ -24,7 +24,7 @@ import torch
 from numpy.typing import ArrayLike
 
 from napari_unet.core.checkpoint import save_model
-from napari_unet.core.dataset import PatchSampler, Sample, Weighting, as_instances, prepare_sample
+from napari_unet.core.dataset import PatchSampler, Weighting, prepare_sample
 from napari_unet.core.device import autocast_dtype, select_device
 from napari_unet.core.losses import weighted_cross_entropy
 from napari_unet.core.metrics import f1_at, foreground_iou
@@ -163,11 +163,17 @@ def _as_list(items: ArrayLike | Sequence[ArrayLike] | None, n: int, name: str) -
     return items
 
 
-def _val_image(image: ArrayLike, labels: ArrayLike, mask: ArrayLike | None,
-               model: UNet) -> _ValImage:
+def _val_image(
+    image: ArrayLike, labels: ArrayLike, mask: ArrayLike | None, model: UNet
+) -> _ValImage:
     sample = prepare_sample(
-        image, labels, mask, in_channels=model.in_channels,
-        normalization=model.normalization, weighting="none", separate=False,
+        image,
+        labels,
+        mask,
+        in_channels=model.in_channels,
+        normalization=model.normalization,
+        weighting="none",
+        separate=False,
     )
     known = sample.known
     return _ValImage(sample.image, np.where(known, sample.labels, 0), known)
@@ -259,24 +265,36 @@ def iter_train(
     if model is None:
         first = np.asarray(images[0])
         channels = 1 if first.ndim == 2 else first.shape[0]
-        net = UNet(in_channels=channels, depth=config.depth, base_channels=config.base_channels,
-                   padding=config.padding)
+        net = UNet(
+            in_channels=channels,
+            depth=config.depth,
+            base_channels=config.base_channels,
+            padding=config.padding,
+        )
     else:
         net = copy.deepcopy(model)
     net = net.to(dev)
 
     samples = [
         prepare_sample(
-            img, lab, msk, in_channels=net.in_channels, normalization=net.normalization,
-            weighting=config.weighting, w0=config.w0, sigma=config.sigma,
+            img,
+            lab,
+            msk,
+            in_channels=net.in_channels,
+            normalization=net.normalization,
+            weighting=config.weighting,
+            w0=config.w0,
+            sigma=config.sigma,
         )
         for img, lab, msk in zip(images, labels, masks, strict=True)
     ]
     val: list[_ValImage] = [
         _val_image(img, lab, None, net)
-        for img, lab in zip(validation_images, _as_list(validation_labels,
-                                                         len(validation_images), "labels"),
-                            strict=True)
+        for img, lab in zip(
+            validation_images,
+            _as_list(validation_labels, len(validation_images), "labels"),
+            strict=True,
+        )
     ]
     if not val and config.validation == "auto" and len(samples) >= 2:
         val = [_val_image(images[-1], labels[-1], masks[-1], net)]
@@ -284,9 +302,15 @@ def iter_train(
 
     patch = net.valid_input_size(config.patch_size)
     out_size = net.output_size(patch)
-    assert out_size is not None  # noqa: S101 - valid by construction
-    sampler = PatchSampler(samples, patch, out_size, rng=rng, augment=config.augment,
-                           elastic_sigma=config.elastic_sigma)
+    assert out_size is not None
+    sampler = PatchSampler(
+        samples,
+        patch,
+        out_size,
+        rng=rng,
+        augment=config.augment,
+        elastic_sigma=config.elastic_sigma,
+    )
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     amp = autocast_dtype(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
@@ -327,8 +351,9 @@ def iter_train(
         if step % config.validate_every == 0 or step == config.steps:
             if val:
                 net.eval()
-                validation = evaluate(net, val, device=dev, threshold=config.threshold,
-                                      min_size=config.min_size)
+                validation = evaluate(
+                    net, val, device=dev, threshold=config.threshold, min_size=config.min_size
+                )
                 record.update(validation)
                 improved = best_score is None or validation["score"] > best_score
                 stale = 0 if improved else stale + 1
@@ -343,8 +368,9 @@ def iter_train(
 
         elapsed = time.perf_counter() - start
         eta = min(elapsed / step * (config.steps - step), max(budget - elapsed, 0.0))
-        yield TrainProgress(step, config.steps, loss_value, lr, elapsed, eta, validation,
-                            best_score, improved)
+        yield TrainProgress(
+            step, config.steps, loss_value, lr, elapsed, eta, validation, best_score, improved
+        )
         if should_stop is not None and should_stop():
             stopped = "stopped"
             break
@@ -365,8 +391,9 @@ def iter_train(
     saved = None
     if checkpoint is not None:
         saved = save_model(checkpoint, net)
-    return TrainResult(net, best_step, best_score, step, time.perf_counter() - start, stopped,
-                       history, saved)
+    return TrainResult(
+        net, best_step, best_score, step, time.perf_counter() - start, stopped, history, saved
+    )
 
 
 def train(*args: Any, **kwargs: Any) -> TrainResult:
