@@ -6,31 +6,12 @@ import numpy as np
 import pytest
 
 from napari_unet._widgets._session import annotation_info, get_session
+from synthetic import cell_stack
 
 TIMEOUT = 120_000
 TILE = 204  # 16 x 16 output pixels per tile for a depth-4 valid U-Net: many tiles
 
 pytestmark = pytest.mark.gui
-
-
-def touching_disks(shape=(96, 96), n=10, seed=0):
-    """Instance labels of random touching disks."""
-    from skimage.draw import disk
-
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(shape, np.uint16)
-    for i in range(1, n + 1):
-        r = int(rng.integers(6, 11))
-        center = rng.integers(r, np.array(shape) - r)
-        labels[disk(tuple(center), r, shape=shape)] = i
-    return labels
-
-
-def image_of(labels, seed=0):
-    rng = np.random.default_rng(seed)
-    return (
-        ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(np.uint8)
-    )
 
 
 def threshold_unet(base_channels=4):
@@ -58,8 +39,7 @@ def threshold_unet(base_channels=4):
 @pytest.fixture
 def stack_viewer(make_napari_viewer):
     viewer = make_napari_viewer()
-    truth = np.stack([touching_disks(seed=s) for s in range(3)])
-    image = np.stack([image_of(t, seed=s) for s, t in enumerate(truth)])
+    image, _ = cell_stack(3)
     viewer.add_image(image, name="cells", scale=(1.0, 0.5, 0.5))
     return viewer
 

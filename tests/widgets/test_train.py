@@ -6,39 +6,18 @@ import numpy as np
 import pytest
 
 from napari_unet._widgets._session import annotation_info, get_session
+from synthetic import cell_stack
 
 TIMEOUT = 120_000
 
 pytestmark = pytest.mark.gui
 
 
-def touching_disks(shape=(96, 96), n=10, seed=0):
-    """Instance labels of random touching disks."""
-    from skimage.draw import disk
-
-    rng = np.random.default_rng(seed)
-    labels = np.zeros(shape, np.uint16)
-    for i in range(1, n + 1):
-        r = int(rng.integers(6, 11))
-        center = rng.integers(r, np.array(shape) - r)
-        labels[disk(tuple(center), r, shape=shape)] = i
-    return labels
-
-
-def image_of(labels, seed=0):
-    """A noisy fluorescence-like image of ``labels``."""
-    rng = np.random.default_rng(seed)
-    return (
-        ((labels > 0) * 150 + 30 + rng.normal(0, 12, labels.shape)).clip(0, 255).astype(np.uint8)
-    )
-
-
 @pytest.fixture
 def annotated(make_napari_viewer):
     """A viewer with a 3-plane stack whose planes 0 and 1 are annotated."""
     viewer = make_napari_viewer()
-    truth = np.stack([touching_disks(seed=s) for s in range(3)])
-    image = np.stack([image_of(t, seed=s) for s, t in enumerate(truth)])
+    image, truth = cell_stack(3)
     viewer.add_image(image, name="cells")
     annotations = np.zeros_like(truth)
     annotations[:2] = truth[:2]
