@@ -315,7 +315,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = _drain_training(jobs, config.steps)
     save_model(model_path, result.model, demo=True)
     labels = None
-    for event in iter_segment(result.model, image, device=args.device, expand=1):
+    for event in iter_segment(result.model, image, device=args.device):
         if isinstance(event, PlaneDone):
             labels = event.labels
     assert labels is not None

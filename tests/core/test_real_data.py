@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import tifffile
 import torch
 from test_tiling import whole_image_reference

@@ -1,7 +1,7 @@
 """The "4. Predict" dock widget: tiled U-Net segmentation streamed into napari layers.
 
 The widget plans a job (which planes, which region of them), runs
-:func:`iter_predict_layer` in a napari worker and writes what the worker
+:func:`napari_unet.core.segment.iter_segment` in a napari worker and writes what it
 yields into an instance Labels layer ``"<image> prediction"`` (whole planes
 as they finish) and, optionally, a probability layer ``"<image> probability"``
 (tile by tile). "Use as annotation" copies the predicted cells of the current
@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -38,6 +36,7 @@ if TYPE_CHECKING:
     from napari.qt.threading import GeneratorWorker
 
     from napari_unet.core.model import UNet
+    from napari_unet.core.segment import PlaneDone, SegmentProgress
 
 Index = tuple[int, ...]
 Window = tuple[slice, slice]
@@ -54,81 +53,7 @@ REFRESH_INTERVAL = 0.2
 
 
 # ---------------------------------------------------------------------------
-# compute helpers (no Qt, no napari; candidates for napari_unet.core)
-
-
-@dataclass(frozen=True)
-class PredictionProgress:
-    """Progress of a prediction job, yielded after every batch of tiles.
-
-    Attributes
-    ----------
-    done, total : int
-        Tile batches finished and in the whole job.
-    job, n_jobs : int
-        Position of the plane in the job and number of planes.
-    index : tuple of int
-        Index of the plane in the leading axes of the image (() for 2D).
-    target : (slice, slice)
-        Region of the plane that the job predicts.
-    origin : (int, int)
-        Plane coordinates of ``probabilities[:, 0, 0]``.
-    probabilities : ndarray of float32, shape (n_classes, h, w)
-        The plane's probability buffer; the ``regions`` are final.
-    regions : tuple of (slice, slice)
-        Regions of ``probabilities`` written by this batch.
-    labels : ndarray of uint32 or None
-        Instance labels of ``target`` once the plane is finished, else None.
-    message : str
-        A notice for the user (e.g. an out-of-memory fallback), else "".
-    """
-
-    done: int
-    total: int
-    job: int
-    n_jobs: int
-    index: Index
-    target: Window
-    origin: tuple[int, int]
-    probabilities: np.ndarray
-    regions: tuple[Window, ...]
-    labels: np.ndarray | None = None
-    message: str = ""
-
-
-def context_window(model: UNet, shape: tuple[int, int], target: Window) -> Window:
-    """The part of a plane to predict so that ``target`` gets its full context.
-
-    ``target`` is widened by the tiles' context on every side (clipped to the
-    plane) and its start is aligned to ``2 ** depth``, so predictions inside
-    ``target`` match those of the whole plane.
-    """
-    from napari_unet.core.tiling import tile_overhead
-
-    context = tile_overhead(model)
-    out = []
-    for sl, n in zip(target, shape, strict=True):
-        start = max(0, (sl.start - context) // model.step * model.step)
-        out.append(slice(start, min(n, sl.stop + context)))
-    return out[0], out[1]
-
-
-def count_batches(
-    model: UNet,
-    jobs: Sequence[tuple[Index, Window]],
-    shape: tuple[int, int],
-    tile_size: int,
-    batch_size: int,
-) -> int:
-    """Tile batches (= progress events) that :func:`iter_predict_layer` yields."""
-    from napari_unet.core.tiling import plan_tiles
-
-    total = 0
-    for _, target in jobs:
-        rows, cols = context_window(model, shape, target)
-        plan = plan_tiles(model, (rows.stop - rows.start, cols.stop - cols.start), tile_size)
-        total += math.ceil(len(plan.origins) / batch_size)
-    return total
+# array helpers
 
 
 def max_label(data: Any) -> int:
@@ -149,124 +74,6 @@ def zeros(shape: tuple[int, ...], dtype: Any, name: str) -> Any:
 
 def _intersect(a: slice, b: slice) -> slice:
     return slice(max(a.start, b.start), max(min(a.stop, b.stop), max(a.start, b.start)))
-
-
-def iter_predict_layer(
-    model: Any,
-    image: Any,
-    jobs: Sequence[tuple[Index, Window]],
-    *,
-    tile_size: int,
-    batch_size: int,
-    device: str = "auto",
-    threshold: float = 0.5,
-    min_size: int = 16,
-    split: bool = False,
-    expand: int = 0,
-    channels: bool = False,
-    first_label: int = 1,
-) -> Generator[PredictionProgress, None, int]:
-    """Predict regions of planes tile by tile; label each region when its plane is done.
-
-    Parameters
-    ----------
-    model : UNet (or its :class:`~napari_unet.core.tiling.TestTimeAugmentation` wrapper)
-        Its ``normalization`` is applied to each whole plane first.
-    image : array-like of shape (..., M, N), or (..., C, M, N) if ``channels``
-        Channels-first image (see ``napari_unet.core.tiling.as_channels_first``).
-    jobs : sequence of (index, (rows, cols))
-        Plane index in the leading axes and the region of it to predict.
-    tile_size, batch_size : int
-        Passed to :func:`~napari_unet.core.iter_predict_tiled`.
-    device : str
-    threshold, min_size, split, expand
-        Passed to :func:`~napari_unet.core.probabilities_to_labels`.
-    channels : bool
-        Whether ``image`` has a channel axis at -3.
-    first_label : int
-        Id of the first cell; ids count up across planes.
-
-    Yields
-    ------
-    PredictionProgress
-        After every batch of tiles; the last one of a plane carries its labels.
-
-    Returns
-    -------
-    next_label : int
-    """
-    from napari_unet.core.postprocess import probabilities_to_labels
-    from napari_unet.core.tiling import iter_predict_tiled
-
-    shape = (int(image.shape[-2]), int(image.shape[-1]))
-    total = count_batches(model, jobs, shape, tile_size, batch_size)
-    done, next_label = 0, first_label
-    for k, (index, target) in enumerate(jobs):
-        rows, cols = context_window(model, shape, target)
-        plane = model.normalization(np.asarray(image[index]))
-        crop = plane[..., rows, cols]
-        prob = np.zeros((model.n_classes, *crop.shape[-2:]), np.float32)
-        gen = iter_predict_tiled(
-            model,
-            crop,
-            tile_size=tile_size,
-            batch_size=batch_size,
-            device=device,
-            out=prob,
-            channel_axis=-3 if channels else None,
-        )
-
-        origin = (rows.start, cols.start)
-
-        def event(
-            tiles: Any,
-            n_done: int,
-            labels: np.ndarray | None = None,
-            *,
-            k: int = k,
-            index: Index = index,
-            target: Window = target,
-            origin: tuple[int, int] = origin,
-            prob: np.ndarray = prob,
-        ) -> PredictionProgress:
-            regions = tuple((r, c) for _, r, c in tiles.regions)
-            return PredictionProgress(
-                n_done,
-                total,
-                k,
-                len(jobs),
-                index,
-                target,
-                origin,
-                prob,
-                regions,
-                labels,
-                tiles.message,
-            )
-
-        # hold back each batch's event by one, so a plane's last batch carries its labels
-        pending = None
-        for tiles in gen:
-            if pending is not None:
-                yield event(pending, done)
-            done += 1
-            pending = tiles
-        local = tuple(
-            slice(t.start - o, t.stop - o)
-            for t, o in zip(target, (rows.start, cols.start), strict=True)
-        )
-        labels = probabilities_to_labels(
-            prob[(slice(None), *local)],
-            threshold=threshold,
-            min_size=min_size,
-            split=split,
-            expand=expand,
-        )
-        n_objects = int(labels.max())
-        labels[labels > 0] += np.uint32(next_label - 1)
-        next_label += n_objects
-        yield event(pending, done, labels)
-    return next_label
 
 
 # ---------------------------------------------------------------------------
@@ -423,8 +230,8 @@ class PredictWidget(Container):
         """
         from napari.qt.threading import create_worker
 
-        from napari_unet.core.device import select_device
-        from napari_unet.core.tiling import as_channels_first, auto_batch_size, auto_tile_size
+        from napari_unet.core.segment import count_batches, iter_segment, resolve_tiling
+        from napari_unet.core.tiling import TestTimeAugmentation, as_channels_first
 
         if self.is_running:
             raise ValueError("a prediction is already running")
@@ -436,33 +243,32 @@ class PredictWidget(Container):
         axis = -1 if image.rgb else None
         arr, lead, channels = as_channels_first(data, model.in_channels, axis)
         shape = (int(arr.shape[-2]), int(arr.shape[-1]))
-        jobs = self._jobs(image, lead, shape)
+        planes, region = self._planes_and_region(image, lead, shape)
 
-        dev = select_device(self.device.value)
-        tile = int(self.tile_size.value) or auto_tile_size(model, dev)
-        batch = auto_batch_size(model, dev, (tile, tile))
+        tta = bool(self.tta.value)
+        geometry = TestTimeAugmentation(model) if tta else model
+        _, tile, batch = resolve_tiling(geometry, self.device.value, int(self.tile_size.value))
         save_settings(tile_size=int(self.tile_size.value), device=self.device.value)
 
         labels_layer, prob_layer = self._output_layers(image, (*lead, *shape), channels)
-        for index, (rows, cols) in jobs:  # the job replaces earlier results in its regions
-            labels_layer.data[(*index, rows, cols)] = 0
+        for index in planes:  # the job replaces earlier results in its region
+            labels_layer.data[(*index, *region)] = 0
             if prob_layer is not None:
-                prob_layer.data[(*index, rows, cols)] = 0
+                prob_layer.data[(*index, *region)] = 0
         whole = self.scope.value == "stack"
         first_label = 1 if whole else max_label(labels_layer.data) + 1
         labels_layer.refresh()
         if prob_layer is not None:
             prob_layer.refresh()
 
-        from napari_unet.core.tiling import TestTimeAugmentation
-
-        net = TestTimeAugmentation(model) if self.tta.value else model
-        total = count_batches(net, jobs, shape, tile, batch)
+        # one progress step per batch of tiles and per finished plane
+        total = (count_batches(geometry, shape, region, tile, batch) + 1) * len(planes)
         worker = create_worker(
-            iter_predict_layer,
-            net,
+            iter_segment,
+            model,
             arr,
-            jobs,
+            planes=planes,
+            region=region,
             tile_size=tile,
             batch_size=batch,
             device=self.device.value,
@@ -470,15 +276,17 @@ class PredictWidget(Container):
             min_size=int(self.min_size.value),
             split=bool(self.split.value),
             expand=int(self.expand.value),
-            channels=channels,
+            tta=tta,
+            channel_axis=-3 if channels else None,
             first_label=first_label,
             _progress={"total": total, "desc": "U-Net prediction"},
         )
         self._job = {
             "labels": labels_layer,
             "prob": prob_layer,
+            "region": region,
             "planes_done": 0,
-            "n_planes": len(jobs),
+            "n_planes": len(planes),
             "cells": 0,
         }
         worker.yielded.connect(self._on_progress)
@@ -488,7 +296,7 @@ class PredictWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._set_running(True)
-        self.status.value = f"Predicting {len(jobs)} plane(s)…"
+        self.status.value = f"Predicting {len(planes)} plane(s)…"
         worker.start()
         return worker
 
@@ -621,17 +429,15 @@ class PredictWidget(Container):
             )
         return model
 
-    def _jobs(
+    def _planes_and_region(
         self, image: Any, lead: tuple[int, ...], shape: tuple[int, int]
-    ) -> list[tuple[Index, Window]]:
+    ) -> tuple[list[Index], Window]:
         whole = (slice(0, shape[0]), slice(0, shape[1]))
         scope = self.scope.value
         if scope == "stack":
-            return [(index, whole) for index in np.ndindex(*lead)]
+            return list(np.ndindex(*lead)), whole
         index = self.current_index(image, len(lead))
-        if scope == "view":
-            return [(index, self.field_of_view(image))]
-        return [(index, whole)]
+        return [index], self.field_of_view(image) if scope == "view" else whole
 
     def _output_layers(
         self, image: Any, shape: tuple[int, ...], channels: bool
@@ -676,14 +482,26 @@ class PredictWidget(Container):
         return labels, prob
 
     # -- slots ------------------------------------------------------------
-    def _on_progress(self, event: PredictionProgress) -> None:
+    def _on_progress(self, event: SegmentProgress | PlaneDone) -> None:
+        from napari_unet.core.segment import PlaneDone
+
         job = self._job
+        if isinstance(event, PlaneDone):
+            labels_layer = job["labels"]
+            labels_layer.data[(*event.index, *event.region)] = event.labels
+            labels_layer.refresh()
+            job["planes_done"] += 1
+            job["cells"] += event.n_objects
+            if job.get("prob") is not None:
+                job["prob"].refresh()
+            return
         prob_layer = job.get("prob")
         if prob_layer is not None:
             r0, c0 = event.origin
+            region = job["region"]
             for rows, cols in event.regions:
-                prows = _intersect(slice(rows.start + r0, rows.stop + r0), event.target[0])
-                pcols = _intersect(slice(cols.start + c0, cols.stop + c0), event.target[1])
+                prows = _intersect(slice(rows.start + r0, rows.stop + r0), region[0])
+                pcols = _intersect(slice(cols.start + c0, cols.stop + c0), region[1])
                 local = (
                     slice(prows.start - r0, prows.stop - r0),
                     slice(pcols.start - c0, pcols.stop - c0),
@@ -692,18 +510,12 @@ class PredictWidget(Container):
                     1.0 - event.probabilities[(0, *local)]
                 )
             now = time.monotonic()
-            if event.labels is not None or now - self._last_refresh > REFRESH_INTERVAL:
+            if now - self._last_refresh > REFRESH_INTERVAL:
                 prob_layer.refresh()
                 self._last_refresh = now
-        if event.labels is not None:
-            labels_layer = job["labels"]
-            labels_layer.data[(*event.index, *event.target)] = event.labels
-            labels_layer.refresh()
-            job["planes_done"] += 1
-            job["cells"] += int(np.count_nonzero(np.unique(event.labels)))
         where = f"plane {event.index[0] if event.index else 0}"
         self.status.value = (
-            f"{where} ({event.job + 1}/{event.n_jobs}): tile batch {event.done}/{event.total}"
+            f"{where} ({event.plane + 1}/{event.n_planes}): tile batch {event.done}/{event.total}"
         )
         if event.message:
             show_info(event.message)

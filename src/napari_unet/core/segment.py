@@ -9,24 +9,69 @@ across planes). Memory is bounded by one plane.
 
 from __future__ import annotations
 
-import dataclasses
+import math
 import mmap
-from collections.abc import Generator, Iterable, Sequence
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from napari_unet.core.device import select_device
 from napari_unet.core.io import ImageReadError
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import probabilities_to_labels
-from napari_unet.core.tiling import TileProgress, as_channels_first, iter_predict_tiled
+from napari_unet.core.tiling import (
+    TestTimeAugmentation,
+    as_channels_first,
+    auto_batch_size,
+    auto_tile_size,
+    iter_predict_tiled,
+    plan_tiles,
+    tile_overhead,
+)
+
+Window = tuple[slice, slice]
+
+
+@dataclass(frozen=True)
+class SegmentProgress:
+    """Progress of :func:`iter_segment`, yielded after every batch of tiles.
+
+    Attributes
+    ----------
+    done, total : int
+        Batches of tiles finished and in the whole job (tiles on the CPU).
+    plane, n_planes : int
+        Position of the plane in the job and number of planes.
+    index : tuple of int
+        Index of the plane in the leading axes of the image (() for 2D).
+    origin : (int, int)
+        Plane coordinates of ``probabilities[:, 0, 0]``.
+    probabilities : ndarray of float32, shape (n_classes, h, w)
+        The buffer being filled for this plane (the region plus its context);
+        the ``regions`` of it are final.
+    regions : tuple of (slice, slice)
+        Parts of ``probabilities`` written by this batch.
+    message : str
+        A notice for the user (e.g. an out-of-memory fallback), else "".
+    """
+
+    done: int
+    total: int
+    plane: int
+    n_planes: int
+    index: tuple[int, ...]
+    origin: tuple[int, int]
+    probabilities: np.ndarray
+    regions: tuple[Window, ...]
+    message: str = ""
 
 
 @dataclass(frozen=True)
 class PlaneDone:
-    """One plane segmented.
+    """One plane (or its region) segmented.
 
     Attributes
     ----------
@@ -36,9 +81,11 @@ class PlaneDone:
         Index of the plane in the leading axes of the image (() for 2D).
     n_planes : int
         Planes in the job.
-    labels : ndarray of uint32, shape (M, N)
+    region : (slice, slice)
+        The part of the plane that was segmented (the whole plane by default).
+    labels : ndarray of uint32, shape of ``region``
         Instance labels, ids offset to be unique across the job.
-    probabilities : ndarray of float32, shape (n_classes, M, N)
+    probabilities : ndarray of float32, shape (n_classes, *shape of region)
     n_objects : int
         Cells found in this plane.
     """
@@ -46,9 +93,56 @@ class PlaneDone:
     plane: int
     index: tuple[int, ...]
     n_planes: int
+    region: Window
     labels: np.ndarray
     probabilities: np.ndarray
     n_objects: int
+
+
+def resolve_tiling(
+    model: UNet,
+    device: str | torch.device | None,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+) -> tuple[torch.device, int, int]:
+    """The device, input tile edge and tiles per batch a job will use."""
+    dev = select_device(device)
+    tile = int(tile_size) if tile_size else auto_tile_size(model, dev)
+    batch = int(batch_size) if batch_size else auto_batch_size(model, dev, (tile, tile))
+    return dev, tile, batch
+
+
+def context_window(model: UNet, shape: tuple[int, int], region: Window) -> Window:
+    """The part of a plane to predict so that ``region`` gets its full context.
+
+    ``region`` is widened by the tiles' context on every side (clipped to the
+    plane) and its start is aligned to ``2 ** depth``, so predictions inside
+    ``region`` equal those of the whole plane.
+    """
+    context = tile_overhead(model)
+    out = []
+    for sl, n in zip(region, shape, strict=True):
+        start = max(0, (sl.start - context) // model.step * model.step)
+        out.append(slice(start, min(n, sl.stop + context)))
+    return out[0], out[1]
+
+
+def count_batches(
+    model: UNet, shape: tuple[int, int], region: Window, tile_size: int, batch_size: int
+) -> int:
+    """Batches of tiles (progress events) :func:`iter_segment` runs per plane."""
+    rows, cols = context_window(model, shape, region)
+    plan = plan_tiles(model, (rows.stop - rows.start, cols.stop - cols.start), tile_size)
+    return math.ceil(len(plan.origins) / batch_size)
+
+
+def _check_region(region: Window | None, shape: tuple[int, int]) -> Window:
+    if region is None:
+        return slice(0, shape[0]), slice(0, shape[1])
+    out = tuple(slice(*sl.indices(n)[:2]) for sl, n in zip(region, shape, strict=True))
+    if any(sl.stop <= sl.start for sl in out):
+        raise ValueError(f"`region` {region} is empty for planes of shape {shape}")
+    return out  # type: ignore[return-value]
 
 
 def iter_segment(
@@ -56,7 +150,8 @@ def iter_segment(
     image: Any,
     *,
     planes: Iterable[tuple[int, ...]] | None = None,
-    tile_size: int | Sequence[int] | None = None,
+    region: Window | None = None,
+    tile_size: int | None = None,
     batch_size: int | None = None,
     device: str | torch.device | None = "auto",
     threshold: float = 0.5,
@@ -66,17 +161,20 @@ def iter_segment(
     tta: bool = False,
     channel_axis: int | None = None,
     first_label: int = 1,
-) -> Generator[TileProgress | PlaneDone, None, int]:
+) -> Generator[SegmentProgress | PlaneDone, None, int]:
     """Segment the planes of ``image``, yielding tile progress and finished planes.
 
     Parameters
     ----------
     model : UNet
-        Network; its ``normalization`` is applied to every plane.
+        Network; its ``normalization`` is applied to every whole plane.
     image : array-like of shape (..., M, N) or (..., C, M, N)
         Lazy or in-memory image (see :func:`~napari_unet.core.iter_predict_tiled`).
     planes : iterable of tuple of int, optional
         Indices (into the leading axes) of the planes to segment; all if None.
+    region : (slice, slice), optional
+        Segment only this part of each plane (with its full context, so the
+        result equals that part of a whole-plane segmentation).
     tile_size, batch_size, device, tta
         Passed to :func:`~napari_unet.core.iter_predict_tiled`.
     threshold, min_size, split, expand
@@ -88,9 +186,8 @@ def iter_segment(
 
     Yields
     ------
-    TileProgress or PlaneDone
-        Tile progress (``done``/``total`` over the whole job), and each plane
-        when it is finished.
+    SegmentProgress or PlaneDone
+        Progress after every batch of tiles, and each plane when it is finished.
 
     Returns
     -------
@@ -98,54 +195,55 @@ def iter_segment(
         The id after the last cell written.
     """
     arr, lead, channels = as_channels_first(image, model.in_channels, channel_axis)
+    shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     todo = list(np.ndindex(*lead)) if planes is None else [tuple(p) for p in planes]
     for index in todo:
         if len(index) != len(lead) or any(
             not 0 <= i < n for i, n in zip(index, lead, strict=True)
         ):
             raise ValueError(f"plane index {index} is out of range for leading shape {lead}")
-    next_label = first_label
-    done_before = 0
+    target = _check_region(region, shape)
+    geometry = TestTimeAugmentation(model) if tta else model
+    dev, tile, batch = resolve_tiling(geometry, device, tile_size, batch_size)
+    window = context_window(geometry, shape, target)
+    local = tuple(
+        slice(t.start - w.start, t.stop - w.start) for t, w in zip(target, window, strict=True)
+    )
+    origin = (window[0].start, window[1].start)
+    total = count_batches(geometry, shape, target, tile, batch) * len(todo)
+    next_label, done = first_label, 0
     for k, index in enumerate(todo):
         try:
             plane = np.asarray(arr[index])
         except Exception as err:  # decoders raise many types (zlib.error, TiffFileError)
             raise ImageReadError(f"cannot read plane {index} of the input: {err}") from None
-        x = model.normalization(plane)
+        x = model.normalization(plane)[..., window[0], window[1]]
         del plane
         _release_pages(arr)
-        gen = iter_predict_tiled(
+        prob = np.zeros((model.n_classes, *x.shape[-2:]), np.float32)
+        for event in iter_predict_tiled(
             model,
             x,
-            tile_size=tile_size,
-            batch_size=batch_size,
-            device=device,
+            tile_size=tile,
+            batch_size=batch,
+            device=dev,
+            out=prob,
             channel_axis=-3 if channels else None,
             tta=tta,
-        )
-        while True:
-            try:
-                event = next(gen)
-            except StopIteration as stop:
-                prob = stop.value
-                break
-            per_plane = event.total
-            yield dataclasses.replace(
-                event,
-                done=done_before + event.done,
-                total=per_plane * len(todo),
-                plane=k,
-                n_planes=len(todo),
-                regions=tuple((k, rows, cols) for _, rows, cols in event.regions),
+        ):
+            done += 1
+            regions = tuple((rows, cols) for _, rows, cols in event.regions)
+            yield SegmentProgress(
+                done, max(total, done), k, len(todo), index, origin, prob, regions, event.message
             )
-        done_before += per_plane
+        kept = prob[(slice(None), *local)]
         labels = probabilities_to_labels(
-            prob, threshold=threshold, min_size=min_size, split=split, expand=expand
+            kept, threshold=threshold, min_size=min_size, split=split, expand=expand
         )
         n_objects = int(labels.max())
         labels[labels > 0] += np.uint32(next_label - 1)
         next_label += n_objects
-        yield PlaneDone(k, index, len(todo), labels, prob, n_objects)
+        yield PlaneDone(k, index, len(todo), target, labels, kept, n_objects)
     return next_label
 
 

@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_unet.core.model import UNet
+from napari_unet.core.segment import PlaneDone, SegmentProgress, iter_segment
+
+
+@pytest.fixture(scope="module")
+def net() -> UNet:
+    torch.manual_seed(0)
+    model = UNet(base_channels=2).eval()
+    with torch.no_grad():
+        model.head.bias[:] = torch.tensor([0.0, 0.02])  # some foreground
+    return model
+
+
+def run(net, image, **kwargs):
+    events = list(iter_segment(net, image, device="cpu", tile_size=204, min_size=1, **kwargs))
+    return [e for e in events if isinstance(e, SegmentProgress)], [
+        e for e in events if isinstance(e, PlaneDone)
+    ]
+
+
+def test_progress_and_unique_ids_across_planes(net):
+    stack = np.random.default_rng(0).random((3, 40, 50)).astype(np.float32)
+    tiles, planes = run(net, stack)
+    assert [e.done for e in tiles] == list(range(1, len(tiles) + 1))
+    assert tiles[-1].total == len(tiles) == 3 * 12  # 16-pixel cores: 3 x 4 per plane
+    assert [p.index for p in planes] == [(0,), (1,), (2,)]
+    ids = [set(np.unique(p.labels)) - {0} for p in planes]
+    assert all(ids) and not (ids[0] & ids[1]) and not (ids[1] & ids[2])
+    assert max(ids[2]) == sum(p.n_objects for p in planes)
+
+
+def test_region_equals_that_part_of_the_whole_plane(net):
+    image = np.random.default_rng(1).random((120, 140)).astype(np.float32)
+    _, [whole] = run(net, image)
+    region = (slice(37, 90), slice(50, 131))
+    _, [part] = run(net, image, region=region)
+    assert part.region == region and part.labels.shape == (53, 81)
+    np.testing.assert_allclose(
+        part.probabilities, whole.probabilities[:, 37:90, 50:131], atol=2e-5
+    )
+    # normalization uses the whole plane, so the foreground is the same
+    np.testing.assert_array_equal(part.labels > 0, whole.labels[37:90, 50:131] > 0)
+
+
+def test_planes_and_bad_region(net):
+    stack = np.zeros((4, 30, 30), np.float32)
+    _, planes = run(net, stack, planes=[(2,), (0,)])
+    assert [p.index for p in planes] == [(2,), (0,)]
+    with pytest.raises(ValueError, match="out of range"):
+        run(net, stack, planes=[(4,)])
+    with pytest.raises(ValueError, match="empty"):
+        run(net, stack, region=(slice(10, 10), slice(0, 5)))
