@@ -113,7 +113,8 @@ def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[in
         Plane shape (M, N).
     tile_size : int or (int, int)
         Largest input tile edge (what the network sees); rounded down to a
-        valid size, and never below the smallest useful tile.
+        valid size, and never below the smallest useful tile. Tiles are made
+        as even as possible, so they may be smaller than this.
     """
     sizes = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)
     if len(sizes) != 2 or any(int(s) != s or s < 1 for s in sizes):
@@ -121,8 +122,12 @@ def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[in
     step, extra = model.step, tile_overhead(model)
     cores = []
     for size, extent in zip(sizes, shape, strict=True):
-        core = max(step, (int(size) - extra) // step * step)
-        cores.append(min(core, -(-extent // step) * step))
+        largest = max(step, (int(size) - extra) // step * step)
+        # as few tiles as the size allows, then as small as they can be for that
+        # count: the last tile is not mostly padding (2048 px with cores of at
+        # most 992 px take 3 cores of 688, not 3 of 992)
+        n_tiles = -(-extent // largest)
+        cores.append(-(-extent // (n_tiles * step)) * step)
     margin = _halo(model)
     tiles = [_tile_for_core(model, c) for c in cores]
     out_size = model.output_size(tiles[0])
