@@ -61,6 +61,11 @@ def test_train_sets_session_model_and_plots(annotated, qtbot):
     assert result is not None and result.steps == 6 and result.stopped == "steps"
     model = get_session(viewer).model
     assert model is result.model
+    from napari_unet._widgets._settings import autosave_path
+    from napari_unet.core.checkpoint import load_model
+
+    autosaved = load_model(autosave_path())  # on disk too, in case napari crashes
+    assert autosaved.metadata["best_step"] == result.best_step
     assert model.config.base_channels == 8
     assert widget.plot.steps == list(range(1, 7))
     assert len(widget.plot.losses) == 6 and np.isfinite(widget.plot.losses).all()

@@ -33,6 +33,11 @@ def settings_path() -> Path:
     return folder / "napari-unet.json"
 
 
+def autosave_path() -> Path:
+    """Where training writes its best model as it goes (survives a crash)."""
+    return settings_path().with_name("napari-unet-autosave.pt")
+
+
 def load_settings() -> dict[str, Any]:
     """All settings: saved values over :data:`DEFAULTS` (bad files are ignored)."""
     values = dict(DEFAULTS)

@@ -29,7 +29,7 @@ from magicgui.widgets import (
 from napari.utils.notifications import show_error, show_info
 
 from napari_unet._widgets._session import METADATA_KEY, get_session
-from napari_unet._widgets._settings import load_settings, save_settings
+from napari_unet._widgets._settings import autosave_path, load_settings, save_settings
 
 if TYPE_CHECKING:
     import napari
@@ -284,6 +284,7 @@ class TrainWidget(Container):
             model=model,
             config=config,
             device=self.device.value,
+            checkpoint=autosave_path(),
             should_stop=self._stop_event.is_set,
             _progress={"total": config.steps, "desc": "Training U-Net"},
         )
@@ -298,7 +299,10 @@ class TrainWidget(Container):
             if (config.validation == "auto" and len(crops) >= 2)
             else ""
         )
-        self.status.value = f"Training on {len(crops)} example(s){held_out}…"
+        self.status.value = (
+            f"Training on {len(crops)} example(s){held_out}; the best model so far is "
+            f"autosaved to {autosave_path()}…"
+        )
         worker.start()
         return worker
 
