@@ -65,7 +65,9 @@ def calibrate(images: list, masks: list, settings: dict, cpu_seconds: float) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=["isbi", "dsb"])
-    parser.add_argument("--weighting", default="unet", choices=["unet", "balanced", "none"])
+    parser.add_argument(
+        "--weighting", default="unet", choices=["unet", "border", "balanced", "none"]
+    )
     parser.add_argument("--cpu-seconds", type=float, default=600.0)
     parser.add_argument("--steps", type=int, help="fixed step budget (skips the calibration)")
     parser.add_argument("--base-channels", type=int, default=16)

@@ -26,7 +26,7 @@ from napari_unet.core.preprocess import Normalization, check_finite
 from napari_unet.core.tiling import reflect_indices
 from napari_unet.core.weightmap import unet_weight_map
 
-Weighting = Literal["unet", "balanced", "none"]
+Weighting = Literal["unet", "border", "balanced", "none"]
 UNKNOWN = -1
 
 
@@ -118,8 +118,9 @@ def prepare_sample(
         Channels the model expects.
     normalization : Normalization, optional
         Per-image percentile normalization (default settings if None).
-    weighting : {"unet", "balanced", "none"}
-        ``"unet"``: class balance + the paper's border term; ``"balanced"``:
+    weighting : {"unet", "border", "balanced", "none"}
+        ``"unet"``: class balance + the paper's border term; ``"border"``: the
+        border term on uniform class weights; ``"balanced"``:
         class balance only; ``"none"``: 1 for every annotated pixel.
     w0, sigma : float
         Border term parameters (paper: 10 and 5 px).
@@ -151,14 +152,17 @@ def prepare_sample(
     if separate:
         instances = separate_touching(instances)
     instances = np.where(known, instances, 0)
-    if weighting == "unet":
-        weights = unet_weight_map(instances, w0=w0, sigma=sigma, mask=known)
+    if weighting in ("unet", "border"):
+        balance = "balanced" if weighting == "unet" else None
+        weights = unet_weight_map(instances, w0=w0, sigma=sigma, class_weights=balance, mask=known)
     elif weighting == "balanced":
         weights = unet_weight_map(instances, w0=0.0, sigma=sigma, mask=known)
     elif weighting == "none":
         weights = known.astype(np.float32)
     else:
-        raise ValueError(f"`weighting` must be 'unet', 'balanced' or 'none', got {weighting!r}")
+        raise ValueError(
+            f"`weighting` must be 'unet', 'border', 'balanced' or 'none', got {weighting!r}"
+        )
     target = np.where(known, (instances > 0).astype(np.int8), np.int8(UNKNOWN)).astype(np.int8)
     norm = normalization or Normalization()
     return Sample(norm(image), target, weights.astype(np.float32), instances)

@@ -51,8 +51,9 @@ class TrainConfig:
         Input patch edge (rounded up to a valid size for the network).
     learning_rate : float
         Adam's initial learning rate; cosine decay to 5 % over the budget.
-    weighting : {"unet", "balanced", "none"}
-        Loss weights: the paper's weight map, class balance only, or uniform.
+    weighting : {"unet", "border", "balanced", "none"}
+        Loss weights: the paper's weight map (class balance + border term), the
+        border term alone, class balance only, or uniform.
     w0, sigma : float
         Weight-map border term (paper: 10, 5 px).
     dice_weight : float
