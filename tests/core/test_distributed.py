@@ -10,7 +10,7 @@ import zarr
 from napari_unet.core.checkpoint import ModelFileError, save_model
 from napari_unet.core.distributed import block_depth, predict_dask
 from napari_unet.core.model import UNet
-from napari_unet.core.tiling import _halo, _tile_for_core, predict_tiled
+from napari_unet.core.tiling import halo, predict_tiled, tile_for_core
 
 ATOL = 2e-5
 
@@ -186,8 +186,8 @@ def test_block_depth_is_the_receptive_field(depth):
     torch.manual_seed(0)
     net = UNet(base_channels=2, depth=depth).eval()
     core = 4 * net.step  # an output core at a multiple of step, as in a block
-    halo = _halo(net)
-    size = _tile_for_core(net, core)
+    margin = halo(net)
+    size = tile_for_core(net, core)
     x = torch.from_numpy(rand(1, 1, size, size)).double()
     net = net.double()
     with torch.inference_mode():
@@ -197,9 +197,9 @@ def test_block_depth_is_the_receptive_field(depth):
             y = x.clone()
             y[..., row, :] += 1
             if (net(y)[0, :, :core, :core] - base).abs().max() > 1e-12:
-                reach.append(row - halo)  # input row relative to the core's first row
+                reach.append(row - margin)  # input row relative to the core's first row
     before, after = -min(reach), max(reach) - (core - 1)
-    assert before == halo and after >= halo  # pooling phase: reaches further right (depth 3+)
+    assert before == margin and after >= margin  # pooling phase: reaches further right (depth 3+)
     assert block_depth(net) == max(before, after)
     assert block_depth(UNet(base_channels=2)) == 96  # depth 4: 92 before, 96 after
 

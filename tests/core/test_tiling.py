@@ -175,7 +175,7 @@ def test_out_of_memory_falls_back(net, monkeypatch):
     import napari_unet.core.tiling as tiling
 
     calls = []
-    real_forward = tiling._forward
+    real_forward = tiling.forward
 
     def fake_forward(model, batch, device):
         calls.append((device.type, batch.shape))
@@ -183,9 +183,9 @@ def test_out_of_memory_falls_back(net, monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return real_forward(model, batch, device)
 
-    monkeypatch.setattr(tiling, "_forward", fake_forward)
+    monkeypatch.setattr(tiling, "forward", fake_forward)
     monkeypatch.setattr(tiling, "select_device", lambda d: torch.device("meta"))
-    monkeypatch.setattr(tiling, "_on_device", lambda m, d: m)
+    monkeypatch.setattr(tiling, "on_device", lambda m, d: m)
     monkeypatch.setattr(tiling, "auto_tile_size", lambda m, d: 252)
     image = np.random.default_rng(0).random((100, 100)).astype(np.float32)
     gen = iter_predict_tiled(net, image, batch_size=4, device="cuda")

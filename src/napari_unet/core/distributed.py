@@ -39,16 +39,16 @@ from napari_unet.core.checkpoint import load_model
 from napari_unet.core.device import select_device
 from napari_unet.core.model import UNet
 from napari_unet.core.tiling import (
-    _forward,
-    _halo,
-    _on_device,
-    _read_tile,
-    _tile_for_core,
     as_channels_first,
     auto_batch_size,
     auto_tile_size,
+    forward,
+    halo,
+    on_device,
     plan_tiles,
+    read_tile,
     reflect_indices,
+    tile_for_core,
     tile_overhead,
 )
 
@@ -79,7 +79,7 @@ def _network(spec: ModelSpec, device: str | torch.device) -> tuple[UNet, torch.d
     """The network for ``spec`` (a model or a path), in eval mode on ``device``."""
     dev = select_device(device)
     net = _load_cached(spec, os.stat(spec).st_mtime_ns) if isinstance(spec, str) else spec
-    moved = _on_device(net, dev)
+    moved = on_device(net, dev)
     if moved is net:
         return net, dev
     # cache copies on other devices (a copy must not refer back to its key)
@@ -95,13 +95,13 @@ def _network(spec: ModelSpec, device: str | torch.device) -> tuple[UNet, torch.d
 def block_depth(model: UNet) -> int:
     """Halo (pixels on each side of a block) that :func:`predict_dask` needs.
 
-    Tiles read ``_halo(model)`` pixels before their core and
-    ``tile_overhead(model) - _halo(model)`` after it (the valid network's
+    Tiles read ``halo(model)`` pixels before their core and
+    ``tile_overhead(model) - halo(model)`` after it (the valid network's
     receptive field reaches further right than left, by the pooling phase);
     the larger of the two is used on both sides.
     """
-    halo = _halo(model)
-    return max(halo, tile_overhead(model) - halo)
+    before = halo(model)
+    return max(before, tile_overhead(model) - before)
 
 
 def _round_up(n: int, step: int) -> int:
@@ -170,20 +170,20 @@ def _predict_block(
     out = np.empty((net.n_classes, h, w), np.float32)
     tile = tile_size if tile_size is not None else auto_tile_size(net, dev)
     plan = plan_tiles(net, (h, w), tile)
-    halo, step, offset = plan.margin, net.step, plan.offset
+    margin, step, offset = plan.margin, net.step, plan.offset
     batch_max = int(batch_size) if batch_size else auto_batch_size(net, dev, plan.tile)
 
     def run(jobs: list[tuple[int, int, int, int]], shape: tuple[int, int]) -> None:
         tiles = []
         for y, x, _, _ in jobs:
-            r0, c0 = context + y - halo, context + x - halo
+            r0, c0 = context + y - margin, context + x - margin
             if min(r0, c0) < 0 or r0 + shape[0] > data.shape[-2] or c0 + shape[1] > data.shape[-1]:
                 raise RuntimeError(  # pragma: no cover - guarded by the geometry
                     f"tile at {(y, x)} of shape {shape} leaves block of {data.shape[-2:]}"
                 )
             rows, cols = np.arange(r0, r0 + shape[0]), np.arange(c0, c0 + shape[1])
-            tiles.append(_read_tile(data, (), rows, cols, True))
-        probs = _forward(net, np.stack(tiles), dev)
+            tiles.append(read_tile(data, (), rows, cols, True))
+        probs = forward(net, np.stack(tiles), dev)
         for (y, x, th, tw), prob in zip(jobs, probs, strict=True):
             out[:, y : y + th, x : x + tw] = prob[:, offset : offset + th, offset : offset + tw]
 
@@ -193,8 +193,8 @@ def _predict_block(
         th, tw = min(plan.core[0], h - y), min(plan.core[1], w - x)
         # shrink the last tile to the pixels left (cores stay multiples of step)
         shape = (
-            _tile_for_core(net, _round_up(th, step)),
-            _tile_for_core(net, _round_up(tw, step)),
+            tile_for_core(net, _round_up(th, step)),
+            tile_for_core(net, _round_up(tw, step)),
         )
         if pending and (shape != pending_shape or len(pending) == batch_max):
             run(pending, pending_shape)  # type: ignore[arg-type]

@@ -85,7 +85,7 @@ class TilePlan:
 # geometry
 
 
-def _halo(model: UNet) -> int:
+def halo(model: UNet) -> int:
     """Context before the first kept pixel (the mirror padding)."""
     if model.padding == "valid":
         return model.margin
@@ -94,13 +94,13 @@ def _halo(model: UNet) -> int:
     return math.ceil((model.margin + model.step) / half) * half
 
 
-def _tile_for_core(model: UNet, core: int) -> int:
-    return valid_input_size(core + 2 * _halo(model), model.depth, model.padding)
+def tile_for_core(model: UNet, core: int) -> int:
+    return valid_input_size(core + 2 * halo(model), model.depth, model.padding)
 
 
 def tile_overhead(model: UNet) -> int:
     """Input tile size minus output core size (the same for every tile)."""
-    return _tile_for_core(model, model.step) - model.step
+    return tile_for_core(model, model.step) - model.step
 
 
 def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[int]) -> TilePlan:
@@ -128,8 +128,8 @@ def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[in
         # most 992 px take 3 cores of 688, not 3 of 992)
         n_tiles = -(-extent // largest)
         cores.append(-(-extent // (n_tiles * step)) * step)
-    margin = _halo(model)
-    tiles = [_tile_for_core(model, c) for c in cores]
+    margin = halo(model)
+    tiles = [tile_for_core(model, c) for c in cores]
     out_size = model.output_size(tiles[0])
     assert out_size is not None
     offset = margin - (tiles[0] - out_size) // 2
@@ -146,7 +146,7 @@ def auto_tile_size(model: UNet, device: torch.device, *, memory: int | None = No
     per_px = BYTES_PER_PIXEL_CHANNEL * model.config.base_channels
     fit = int(math.sqrt(budget / per_px))
     cap = MAX_AUTO_CORE["cpu" if device.type == "cpu" else "gpu"] + tile_overhead(model)
-    return max(_tile_for_core(model, model.step), min(fit, cap))
+    return max(tile_for_core(model, model.step), min(fit, cap))
 
 
 def auto_batch_size(model: UNet, device: torch.device, tile: tuple[int, int]) -> int:
@@ -212,7 +212,7 @@ def as_channels_first(
     return image, tuple(image.shape[:-3]), True
 
 
-def _read_tile(
+def read_tile(
     image: Any, lead: tuple[int, ...], rows: np.ndarray, cols: np.ndarray, channels: bool
 ) -> np.ndarray:
     """Read rows x cols (reflected indices) of one plane as float32 (C, h, w)."""
@@ -247,7 +247,7 @@ def _read_batch(
         cols = reflect_indices(
             np.arange(x - plan.margin, x - plan.margin + plan.tile[1]), shape[1]
         )
-        tiles.append(_read_tile(image, planes[p], rows, cols, channels))
+        tiles.append(read_tile(image, planes[p], rows, cols, channels))
     return np.stack(tiles)
 
 
@@ -260,7 +260,7 @@ class _OutOfMemory(Exception):
         self.plane = plane
 
 
-def _forward(net: UNet, batch: np.ndarray, device: torch.device) -> np.ndarray:
+def forward(net: UNet, batch: np.ndarray, device: torch.device) -> np.ndarray:
     with torch.inference_mode():
         x = torch.from_numpy(batch)
         if device.type == "cuda":
@@ -297,7 +297,7 @@ def _run_jobs(
         if k + 1 < len(batches):
             pending = pool.submit(_read_batch, *read, batches[k + 1], channels)
         try:
-            probs = _forward(net, tiles, device)
+            probs = forward(net, tiles, device)
         except RuntimeError as err:
             if device.type != "cpu" and is_out_of_memory(err):
                 if device.type == "cuda":
@@ -324,7 +324,7 @@ def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
         model.train(training)
 
 
-def _on_device(model: UNet, device: torch.device) -> UNet:
+def on_device(model: UNet, device: torch.device) -> UNet:
     """``model`` itself if it already lives on ``device``, else a copy moved there."""
     param = next(model.parameters())
     if param.device.type == device.type and (
@@ -457,7 +457,7 @@ def iter_predict_tiled(
         raise ValueError(f"`image` is empty, shape {tuple(image.shape)}")
     out = _prepare_out(out, (*lead, model.n_classes, *shape))
     planes = list(np.ndindex(*lead))
-    net = _on_device(model, dev)
+    net = on_device(model, dev)
     tile = tile_size if tile_size is not None else auto_tile_size(net, dev)
     plan = plan_tiles(net, shape, tile)
     if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
@@ -495,7 +495,7 @@ def iter_predict_tiled(
                     message = f"out of GPU memory: retrying with tiles of {plan.tile}"
                 else:
                     dev = torch.device("cpu")
-                    net = _on_device(model, dev)
+                    net = on_device(model, dev)
                     message = "out of GPU memory even for the smallest tile: continuing on the CPU"
                 logger.warning(message)
     return out
