@@ -428,10 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (Adam)")
     t.add_argument(
         "--weighting",
-        choices=["unet", "border", "balanced", "none"],
-        default="unet",
-        help="loss weights: paper's weight map (class balance + border term), border term "
-        "only, class balance only, or none",
+        choices=["border", "unet", "balanced", "none"],
+        default="border",
+        help="loss weights: the paper's border term (default), its full weight map (class "
+        "balance + border term), class balance only, or none",
     )
     t.add_argument("--w0", type=float, default=10.0, help="weight-map border weight")
     t.add_argument("--sigma", type=float, default=5.0, help="weight-map border width (px)")

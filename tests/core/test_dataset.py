@@ -46,8 +46,11 @@ def test_prepare_sample_weights_and_unknown(disks):
     s = prepare_sample(disks.astype(np.float32), disks, mask, w0=10, sigma=5)
     assert (s.target[~mask] == UNKNOWN).all() and (s.weights[~mask] == 0).all()
     assert set(np.unique(s.target[mask])) == {0, 1}
-    expected = unet_weight_map(np.where(mask, separate_touching(disks), 0), mask=mask)
+    separated = np.where(mask, separate_touching(disks), 0)
+    expected = unet_weight_map(separated, mask=mask, class_weights=None)  # "border", the default
     np.testing.assert_allclose(s.weights, expected)
+    paper = prepare_sample(disks.astype(np.float32), disks, mask, weighting="unet")
+    np.testing.assert_allclose(paper.weights, unet_weight_map(separated, mask=mask))
     flat = prepare_sample(disks.astype(np.float32), disks, mask, weighting="none")
     assert set(np.unique(flat.weights)) == {0.0, 1.0}
     assert s.image.shape == (1, *disks.shape) and s.image.dtype == np.float32

@@ -28,8 +28,11 @@ def test_annotate_train_predict_correct_retrain(make_napari_viewer, qtbot):
     # 2. train a few steps in the worker
     _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
     train.labels_layer.value = annotations
-    # 20 steps of 252 px patches learn these bright disks for any seed (score ~0.6)
+    # 20 steps of 252 px patches learn these bright disks for any seed (score ~0.6);
+    # without the weight map: on such dense toy disks its border term needs far more
+    # steps (docs/benchmarks.md), and this test is about the loop, not the loss
     for name, value in {
+        "weighting": "none",
         "steps": 20,
         "patch_size": 252,
         "batch_size": 2,

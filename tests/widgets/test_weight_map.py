@@ -10,7 +10,9 @@ from napari_unet.core.weightmap import unet_weight_map
 
 
 def training_weights(labels, **kwargs):
-    """The weights training uses: the paper's map after separating touching cells."""
+    """The weights training uses by default: the border term (no class balance) of the
+    paper's map, after separating touching cells."""
+    kwargs.setdefault("class_weights", None)
     return unet_weight_map(separate_touching(labels), **kwargs)
 
 
@@ -70,12 +72,14 @@ def test_compute_matches_core(setup, qtbot):
     np.testing.assert_allclose(layer.data, expected, rtol=1e-6)
     assert expected[24, 30] > expected[45, 2] + 4  # the gap between the disks lights up
     assert layer.contrast_limits[1] == pytest.approx(8.0 + expected[24, 20])
-    # without class balance
-    widget.class_balance.value = False
+    # with the paper's class balance
+    widget.class_balance.value = True
     with qtbot.waitSignal(widget.weights_updated, timeout=TIMEOUT):
         widget.compute()
     np.testing.assert_allclose(
-        layer.data, training_weights(two_disks(), w0=8.0, sigma=4.0, class_weights=None), rtol=1e-6
+        layer.data,
+        training_weights(two_disks(), w0=8.0, sigma=4.0, class_weights="balanced"),
+        rtol=1e-6,
     )
     assert len([lay for lay in viewer.layers if lay.name == "cells weights"]) == 1
 

@@ -77,6 +77,14 @@ def regions_layer_name(labels_name: str) -> str:
     return f"{labels_name} regions"
 
 
+#: Loss weightings offered (label, TrainConfig.weighting).
+WEIGHTINGS = [
+    ("weight map: border term", "border"),
+    ("weight map: paper (class balance + border)", "unet"),
+    ("none", "none"),
+]
+
+
 class TrainWidget(Container):
     """Train or fine-tune a U-Net on the annotated planes and regions of a Labels layer.
 
@@ -139,11 +147,14 @@ class TrainWidget(Container):
         self.device = ComboBox(
             choices=DEVICES, value=device if device in DEVICES else "auto", label="Device"
         )
-        self.weight_map = CheckBox(
-            text="U-Net weight map (separate touching cells)",
-            value=True,
-            tooltip="Paper's border weights (w0, sigma) on top of class balance; "
-            "off = class balance only",
+        self.weighting = ComboBox(
+            choices=WEIGHTINGS,
+            value="border",
+            label="Loss weights",
+            tooltip="The paper's border weights (w0, sigma) in the gaps between touching "
+            "cells; with the paper's class balance too (helps very short trainings on "
+            "dense cells); or none (every annotated pixel weighs the same: best on EM "
+            "membranes). See docs/benchmarks.md.",
         )
         self.w0 = FloatSpinBox(
             value=float(settings["w0"]), min=0.0, max=100.0, step=1.0, label="w0"
@@ -197,7 +208,7 @@ class TrainWidget(Container):
                 self.minutes,
                 self.base_channels,
                 self.device,
-                self.weight_map,
+                self.weighting,
                 self.w0,
                 self.sigma,
                 self.patch_size,
@@ -220,7 +231,7 @@ class TrainWidget(Container):
         viewer.layers.events.inserted.connect(self.update_summary)
         viewer.layers.events.removed.connect(self.update_summary)
         self.start_from.changed.connect(self._on_start_from_changed)
-        self.weight_map.changed.connect(self._on_weight_map_changed)
+        self.weighting.changed.connect(self._on_weighting_changed)
         self.train_button.changed.connect(self._on_train_clicked)
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self._on_save_clicked)
@@ -440,7 +451,7 @@ class TrainWidget(Container):
             batch_size=int(self.batch_size.value),
             learning_rate=float(self.learning_rate.value),
             patch_size=int(self.patch_size.value),
-            weighting="unet" if self.weight_map.value else "balanced",
+            weighting=self.weighting.value,
             w0=float(self.w0.value),
             sigma=float(self.sigma.value),
             validation="auto" if self.validate.value else "none",
@@ -511,8 +522,8 @@ class TrainWidget(Container):
         self.model_file.visible = choice == "file"
         self.base_channels.enabled = choice == "scratch"
 
-    def _on_weight_map_changed(self, value: Any = None) -> None:
-        self.w0.enabled = self.sigma.enabled = bool(self.weight_map.value)
+    def _on_weighting_changed(self, value: Any = None) -> None:
+        self.w0.enabled = self.sigma.enabled = self.weighting.value != "none"
 
     def _on_model_changed(self, model: Any = None) -> None:
         self.save_button.enabled = not self.is_running and (

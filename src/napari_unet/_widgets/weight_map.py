@@ -162,7 +162,8 @@ class WeightMapWidget(Container):
         self.sigma = FloatSpinBox(
             value=float(settings["sigma"]), min=0.1, max=500.0, step=0.5, label="sigma (px)"
         )
-        self.class_balance = CheckBox(text="class balance", value=True)
+        # off by default, like training's default ("border" weighting)
+        self.class_balance = CheckBox(text="class balance", value=False)
         self.scope = ComboBox(
             choices=[SCOPE_PLANE, SCOPE_ANNOTATED], value=SCOPE_PLANE, label="Scope"
         )

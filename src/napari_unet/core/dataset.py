@@ -97,7 +97,7 @@ def prepare_sample(
     *,
     in_channels: int = 1,
     normalization: Normalization | None = None,
-    weighting: Weighting = "unet",
+    weighting: Weighting = "border",
     w0: float = 10.0,
     sigma: float = 5.0,
     separate: bool = True,

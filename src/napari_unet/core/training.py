@@ -51,9 +51,11 @@ class TrainConfig:
         Input patch edge (rounded up to a valid size for the network).
     learning_rate : float
         Adam's initial learning rate; cosine decay to 5 % over the budget.
-    weighting : {"unet", "border", "balanced", "none"}
-        Loss weights: the paper's weight map (class balance + border term), the
-        border term alone, class balance only, or uniform.
+    weighting : {"border", "unet", "balanced", "none"}
+        Loss weights: the paper's border term on uniform class weights (the
+        default: it beat the full weight map and no weights on both real
+        datasets, see docs/benchmarks.md), the paper's full weight map (class
+        balance + border term), class balance only, or uniform.
     w0, sigma : float
         Weight-map border term (paper: 10, 5 px).
     dice_weight : float
@@ -84,7 +86,7 @@ class TrainConfig:
     batch_size: int = 2
     patch_size: int = 380
     learning_rate: float = 1e-3
-    weighting: Weighting = "unet"
+    weighting: Weighting = "border"
     w0: float = 10.0
     sigma: float = 5.0
     dice_weight: float = 0.0
