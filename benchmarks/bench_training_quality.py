@@ -22,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_unet.core.checkpoint import save_model
+from napari_unet.core.checkpoint import load_model, save_model, suggested_threshold
 from napari_unet.core.metrics import foreground_iou, instance_scores
+from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import probabilities_to_labels
-from napari_unet.core.tiling import predict_tiled
+from napari_unet.core.tiling import TestTimeAugmentation, predict_tiled
 from napari_unet.core.training import TrainConfig, iter_train
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -62,40 +63,10 @@ def calibrate(images: list, masks: list, settings: dict, cpu_seconds: float) -> 
     return steps
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=["isbi", "dsb"])
-    parser.add_argument(
-        "--weighting", default="unet", choices=["unet", "border", "balanced", "none"]
-    )
-    parser.add_argument("--cpu-seconds", type=float, default=600.0)
-    parser.add_argument("--steps", type=int, help="fixed step budget (skips the calibration)")
-    parser.add_argument("--base-channels", type=int, default=16)
-    parser.add_argument("--patch-size", type=int, default=380)
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-test", type=int, default=20)
-    parser.add_argument("--expand", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
-    parser.add_argument("--save", help="also save the trained model here (.pt)")
-    args = parser.parse_args()
-    if not DATA.is_dir():
-        sys.exit(f"real data not found at {DATA}")
-
-    folder, train_ids, test_ids = split(args.dataset, args.n_test, args.seed)
-    images, masks = load(folder, train_ids)
-    settings = {
-        "batch_size": args.batch_size,
-        "patch_size": args.patch_size,
-        "learning_rate": args.lr,
-        "base_channels": args.base_channels,
-        "weighting": args.weighting,
-        "validation": "none",
-        "seed": args.seed,
-    }
-    # calibrate: CPU seconds per step, so the step budget (and the learning-rate
-    # schedule over it) does not depend on how busy the machine is
+def run_training(
+    images: list, masks: list, settings: dict, args: argparse.Namespace
+) -> tuple[UNet, int, float, float]:
+    """Train within the step (or calibrated CPU-time) budget; log progress to stderr."""
     steps = args.steps or calibrate(images, masks, settings, args.cpu_seconds)
     config = TrainConfig(steps=steps, validate_every=steps, **settings)
     cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -113,18 +84,78 @@ def main() -> None:
                 file=sys.stderr,
                 flush=True,
             )
-    train_cpu, train_wall = time.process_time() - cpu0, time.perf_counter() - wall0
-    model = result.model
+    return result.model, result.steps, time.process_time() - cpu0, time.perf_counter() - wall0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dataset", choices=["isbi", "dsb"])
+    parser.add_argument(
+        "--weighting", default="unet", choices=["unet", "border", "balanced", "none"]
+    )
+    parser.add_argument("--cpu-seconds", type=float, default=600.0)
+    parser.add_argument("--steps", type=int, help="fixed step budget (skips the calibration)")
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=380)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--norm", choices=["batch"], help="normalization layers")
+    parser.add_argument("--validation", default="none", choices=["none", "auto"])
+    parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--n-test", type=int, default=20)
+    parser.add_argument("--expand", type=int, nargs="+", default=[0, 1])
+    parser.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[0.5],
+        help="also score these thresholds (the model's own is always scored)",
+    )
+    parser.add_argument("--save", help="also save the trained model here (.pt)")
+    parser.add_argument("--load", help="score this model file instead of training one")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation (8 views)")
+    parser.add_argument("--split", action="store_true", help="watershed split of touching cells")
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        sys.exit(f"real data not found at {DATA}")
+
+    folder, train_ids, test_ids = split(args.dataset, args.n_test, args.seed)
+    images, masks = load(folder, train_ids)
+    settings = {
+        "batch_size": args.batch_size,
+        "patch_size": args.patch_size,
+        "learning_rate": args.lr,
+        "base_channels": args.base_channels,
+        "weighting": args.weighting,
+        "validation": args.validation,
+        "norm": args.norm,
+        "seed": args.seed,
+        "scales": tuple(args.scales),
+    }
+    # calibrate: CPU seconds per step, so the step budget (and the learning-rate
+    # schedule over it) does not depend on how busy the machine is
+    if args.load:
+        model = load_model(args.load)
+        steps, train_cpu, train_wall = model.metadata.get("best_step"), 0.0, 0.0
+    else:
+        model, steps, train_cpu, train_wall = run_training(images, masks, settings, args)
     if args.save:
         save_model(args.save, model)
+    net = TestTimeAugmentation(model) if args.tta else model
 
     test_images, test_masks = load(folder, test_ids)
-    variants = [(t, e) for t in args.thresholds for e in args.expand]
+    # the model's own threshold (picked on its validation image, if any) comes first
+    own = suggested_threshold(model)
+    thresholds = [own, *(t for t in args.thresholds if t != own)]
+    variants = [(t, e) for t in thresholds for e in args.expand]
     scores: dict[tuple[float, int], list[tuple[float, float]]] = {v: [] for v in variants}
     for image, truth in zip(test_images, test_masks, strict=True):
-        prob = predict_tiled(model, model.normalization(image), device="cpu")
+        prob = predict_tiled(net, model.normalization(image), device="cpu")
         for threshold, expand in variants:
-            pred = probabilities_to_labels(prob, threshold=threshold, expand=expand)
+            pred = probabilities_to_labels(
+                prob, threshold=threshold, expand=expand, split=args.split
+            )
             f1 = float("nan") if args.dataset == "isbi" else instance_scores(truth, pred)[0].f1
             scores[threshold, expand].append((foreground_iou(truth > 0, pred), f1))
     for (threshold, expand), values in scores.items():
@@ -133,13 +164,19 @@ def main() -> None:
             "dataset": args.dataset,
             "weighting": args.weighting,
             "threshold": threshold,
+            "model_threshold": threshold == own,
             "expand": expand,
             "base_channels": args.base_channels,
             "patch_size": args.patch_size,
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "scales": args.scales,
+            "norm": args.norm,
+            "validation": args.validation,
             "seed": args.seed,
-            "steps": result.steps,
+            "steps": steps,
+            "tta": args.tta,
+            "split": args.split,
             "train_cpu_s": round(train_cpu),
             "train_wall_s": round(train_wall),
             "train_images": len(train_ids),

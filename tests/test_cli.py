@@ -57,6 +57,31 @@ def test_predict_2d_matches_library(tmp_path, model_file, capsys):
     np.testing.assert_array_equal(labels, probabilities_to_labels(expected))
 
 
+def test_predict_uses_the_model_threshold(tmp_path, model_file, capsys):
+    from napari_unet.core.checkpoint import load_model
+
+    image = np.random.default_rng(1).integers(0, 255, (70, 90), np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    prob_file = tmp_path / "prob.tif"
+    argv = ["predict", model_file, tmp_path / "img.tif", tmp_path / "l.tif"]
+    assert run([*argv, "--probabilities", prob_file], capsys)[0] == 0
+    prob = tifffile.imread(prob_file)
+    net = load_model(model_file)
+    net.metadata["threshold"] = own = float(np.quantile(prob[1], 0.7))  # not 0.5
+    save_model(tmp_path / "own.pt", net)
+    for extra, threshold in (([], own), (["--threshold", 0.5], 0.5)):
+        out = tmp_path / f"labels{threshold}.tif"
+        code, err = run(
+            ["predict", tmp_path / "own.pt", tmp_path / "img.tif", out, *extra], capsys
+        )
+        assert code == 0, err
+        expected = probabilities_to_labels(prob, threshold=threshold)
+        np.testing.assert_array_equal(tifffile.imread(out), expected)
+    assert (probabilities_to_labels(prob, threshold=own) > 0).sum() < (
+        probabilities_to_labels(prob) > 0
+    ).sum()
+
+
 def test_predict_stack_to_zarr_unique_ids(tmp_path, model_file, capsys):
     stack = np.random.default_rng(1).integers(0, 4000, (3, 40, 50), np.uint16)
     tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")

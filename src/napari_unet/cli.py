@@ -84,7 +84,7 @@ def _drain_training(jobs: Any, total: int) -> Any:
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.checkpoint import load_model, suggested_threshold
     from napari_unet.core.io import PlaneWriter, check_output_path, open_image
     from napari_unet.core.segment import PlaneDone, iter_segment
     from napari_unet.core.tiling import as_channels_first
@@ -122,7 +122,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             tile_size=args.tile_size,
             batch_size=args.batch_size,
             device=args.device,
-            threshold=args.threshold,
+            threshold=suggested_threshold(model) if args.threshold is None else args.threshold,
             min_size=args.min_size,
             split=args.split,
             expand=args.expand,
@@ -264,7 +264,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
             should_stop=lambda: stop.requested,
         )
         result = _drain_training(jobs, config.steps)
-    score = "" if result.best_score is None else f", validation score {result.best_score:.3f}"
+    score = (
+        ""
+        if result.best_score is None
+        else f", validation score {result.best_score:.3f} at threshold {result.threshold:.2f}"
+    )
     print(
         f"napari-unet: trained {result.steps} steps in {result.elapsed:.0f} s "
         f"({result.stopped}); best model (step {result.best_step}{score}) -> {out}",
@@ -373,7 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--threshold", type=float, default=0.5, help="foreground probability cut")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="foreground probability cut (default: the model's, chosen on validation "
+        "images in training, else 0.5)",
+    )
     p.add_argument("--min-size", type=int, default=16, help="remove smaller objects (pixels)")
     p.add_argument("--split", action="store_true", help="watershed-split touching cells")
     p.add_argument(

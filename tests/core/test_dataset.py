@@ -1,12 +1,14 @@
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from napari_unet.core.dataset import (
     UNKNOWN,
     PatchSampler,
     as_instances,
     prepare_sample,
+    rescale_annotation,
     separate_touching,
 )
 from napari_unet.core.losses import weighted_cross_entropy
@@ -84,6 +86,30 @@ def test_patch_sampler_shapes_and_alignment(disks):
     centre = x[:, 0, 92:96, 92:96]
     np.testing.assert_array_equal(centre > 0.5, y > 0)
     assert (w > 0).all()  # windows are centred on annotated pixels
+
+
+@pytest.mark.parametrize("zoom", [0.5, 1.5])
+def test_rescale_annotation_zooms_jointly(disks, zoom):
+    image = np.stack([disks, 2 * disks]).astype(np.float32)  # two channels
+    mask = np.zeros(disks.shape, bool)
+    mask[:, :48] = True
+    scaled, labels, region = rescale_annotation(image, disks, mask, zoom)
+    size = round(disks.shape[0] * zoom)
+    assert scaled.shape == (2, size, size) and labels.shape == region.shape == (size, size)
+    assert set(np.unique(labels)) <= set(np.unique(disks))  # nearest: no invented ids
+    np.testing.assert_allclose(scaled[1], 2 * scaled[0], rtol=1e-5)
+    # the label image zooms with the image: interior pixels keep their cell's value
+    interior = ndi.maximum_filter(labels, 5) == ndi.minimum_filter(labels, 5)
+    np.testing.assert_allclose(scaled[0][interior], labels[interior], rtol=1e-5)
+    assert abs(region.mean() - mask.mean()) < 0.05
+    areas = np.bincount(labels.ravel())[1:], np.bincount(disks.ravel())[1:]
+    assert 0.8 < areas[0].sum() / (areas[1].sum() * zoom**2) < 1.2
+
+
+def test_patch_sampler_weights(disks):
+    samples = [prepare_sample(disks.astype(np.float32), disks) for _ in range(2)]
+    sampler = PatchSampler(samples, 188, 4, rng=0, augment=False, weights=[1.0, 3.0])
+    np.testing.assert_allclose(sampler._p, [0.25, 0.75])
 
 
 def test_pixels_outside_region_do_not_change_loss(disks):

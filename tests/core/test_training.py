@@ -2,12 +2,20 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core.checkpoint import load_model
+from napari_unet.core import training
+from napari_unet.core.checkpoint import load_model, suggested_threshold
+from napari_unet.core.dataset import PatchSampler
 from napari_unet.core.metrics import foreground_iou, instance_scores
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import probabilities_to_labels
 from napari_unet.core.tiling import predict_tiled
-from napari_unet.core.training import TrainConfig, TrainProgress, iter_train, train
+from napari_unet.core.training import (
+    CANDIDATE_THRESHOLDS,
+    TrainConfig,
+    TrainProgress,
+    iter_train,
+    train,
+)
 
 
 def nuclei(seed: int, shape=(128, 128), n=30):
@@ -101,7 +109,8 @@ def test_progress_events_validation_and_checkpoint(data, tmp_path):
     assert [e.step for e in events] == list(range(1, 7))
     assert all(isinstance(e, TrainProgress) and np.isfinite(e.loss) for e in events)
     assert [e.validation is not None for e in events] == [False, False, True] * 2
-    assert set(events[2].validation) == {"iou", "f1", "score"}
+    assert set(events[2].validation) == {"iou", "f1", "score", "threshold"}
+    assert all(e.validation["threshold"] in CANDIDATE_THRESHOLDS for e in events if e.validation)
     assert events[0].learning_rate > events[-1].learning_rate  # cosine decay
     assert result.steps == 6 and result.stopped == "steps"
     assert result.best_step in (3, 6) and result.best_score == max(
@@ -109,9 +118,30 @@ def test_progress_events_validation_and_checkpoint(data, tmp_path):
     )
     saved = load_model(tmp_path / "m.pt")
     assert saved.metadata["best_step"] == result.best_step
+    best = next(e.validation for e in events if e.step == result.best_step)
+    assert suggested_threshold(saved) == result.threshold == best["threshold"]
     x = torch.rand(1, 1, 92, 92)
     with torch.inference_mode():
         torch.testing.assert_close(saved(x), result.model(x))
+
+
+def test_validation_picks_the_threshold_that_separates_cells(monkeypatch):
+    # two cells with a 1-px gap that the "network" is unsure about (p = 0.6)
+    truth = np.zeros((20, 30), np.int32)
+    truth[5:15, 5:14], truth[5:15, 15:24] = 1, 2
+    fg = np.where(truth > 0, 0.9, 0.1).astype(np.float32)
+    fg[5:15, 14] = 0.6
+    prob = np.stack([1 - fg, fg])
+    monkeypatch.setattr(training, "predict_tiled", lambda *args, **kwargs: prob)
+    val = [training._ValImage(fg[None], truth, np.ones(truth.shape, bool))]
+    model = UNet(depth=2, base_channels=2)
+    at_half = training.evaluate(model, val, thresholds=(0.5,), min_size=1)
+    assert at_half["f1"] == 0.0 and at_half["threshold"] == 0.5  # merged
+    best = training.evaluate(model, val, thresholds=CANDIDATE_THRESHOLDS, min_size=1)
+    # separated from 0.6 up to 0.85; ties go to the threshold nearest 0.5
+    assert best == {"iou": 1.0, "f1": 1.0, "score": 1.0, "threshold": 0.6}
+    with pytest.raises(ValueError, match="threshold"):
+        TrainConfig(threshold=1.0)
 
 
 def test_stop_returns_usable_model_and_is_reproducible(data):
@@ -167,6 +197,26 @@ def test_sparse_annotation_and_time_budget(data):
     )
     result = train([image], [labels], masks=[mask], config=config, device="cpu")
     assert result.stopped == "time" and result.elapsed < 10
+
+
+def test_scale_augmentation_uses_every_zoom(data, monkeypatch):
+    train_set, _ = data
+    drawn = []
+    original = PatchSampler.__init__
+
+    def spy(self, samples, *args, **kwargs):
+        original(self, samples, *args, **kwargs)
+        drawn.append(([s.image.shape[-1] for s in samples], self._p))
+
+    monkeypatch.setattr(PatchSampler, "__init__", spy)
+    config = TrainConfig(steps=2, depth=3, base_channels=4, patch_size=92, scales=(0.5, 1, 2))
+    result = train(train_set[:1], [train_set[0][1]], config=config, device="cpu")
+    assert result.steps == 2
+    sizes, p = drawn[0]
+    assert sizes == [64, 128, 256]
+    np.testing.assert_allclose(p, 1 / 3, rtol=0.05)  # each zoom drawn equally often
+    with pytest.raises(ValueError, match="scales"):
+        TrainConfig(scales=())
 
 
 @pytest.mark.parametrize(

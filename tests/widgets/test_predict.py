@@ -229,9 +229,12 @@ def test_model_file_and_bad_file(stack_viewer, qtbot, tmp_path):
     assert any("Cannot predict" in str(n.message) for n in notification_manager.records[before:])
     assert not widget.is_running and "cells prediction" not in viewer.layers
 
-    good = save_model(tmp_path / "good.pt", threshold_unet())
+    model = threshold_unet()
+    model.metadata["threshold"] = 0.65  # as chosen on validation images in training
+    good = save_model(tmp_path / "good.pt", model)
     widget.model_file.value = good
     assert "4 base channels" in widget.model_info.value
+    assert widget.threshold.value == pytest.approx(0.65)
     widget.start()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     assert viewer.layers["cells prediction"].data.any()

@@ -125,7 +125,15 @@ class PredictWidget(Container):
         self.device = ComboBox(
             choices=DEVICES, value=device if device in DEVICES else "auto", label="Device"
         )
-        self.threshold = FloatSpinBox(value=0.5, min=0.0, max=1.0, step=0.05, label="Threshold")
+        self.threshold = FloatSpinBox(
+            value=0.5,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            label="Threshold",
+            tooltip="Foreground probability cut; set to the model's own "
+            "(chosen on the validation images in training) when a model is picked",
+        )
         self.min_size = SpinBox(value=16, min=0, max=1_000_000, label="Min size (px)")
         self.split = CheckBox(text="Split touching cells (watershed)", value=False)
         self.expand = SpinBox(
@@ -595,12 +603,16 @@ class PredictWidget(Container):
                 else "Choose a napari-unet model file."
             )
             return
+        from napari_unet.core.checkpoint import suggested_threshold
+
         config = model.config
         text = f"U-Net: depth {config.depth}, {config.base_channels} base channels"
         steps = model.metadata.get("best_step") if isinstance(model.metadata, dict) else None
         if steps:
             text += f", checkpoint of training step {steps}"
-        self.model_info.value = text
+        # the threshold that scored best on the validation images during training
+        self.threshold.value = suggested_threshold(model)
+        self.model_info.value = f"{text}; threshold {self.threshold.value:.2f}"
 
     def _on_image_changed(self, value: Any = None) -> None:
         image = self.image_layer.value

@@ -556,8 +556,8 @@ class TrainWidget(Container):
             best = history.get(result.best_step, {})
             score = (
                 f"best validation score {result.best_score:.2f} "
-                f"(IoU {best.get('iou', 0):.2f}, F1 {best.get('f1', 0):.2f}) "
-                f"at step {result.best_step}"
+                f"(IoU {best.get('iou', 0):.2f}, F1 {best.get('f1', 0):.2f} at threshold "
+                f"{result.threshold:.2f}) at step {result.best_step}"
             )
         else:
             score = "no validation (fewer than 2 annotated examples)"

@@ -17,6 +17,7 @@ _EXPORTS = {
     "save_model": "checkpoint",
     "load_model": "checkpoint",
     "ModelFileError": "checkpoint",
+    "suggested_threshold": "checkpoint",
     "normalize": "preprocess",
     "Normalization": "preprocess",
     "select_device": "device",
@@ -63,7 +64,12 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.annotations import Rectangle, training_crops
     from napari_unet.core.augment import augment_sample, elastic_deform
-    from napari_unet.core.checkpoint import ModelFileError, load_model, save_model
+    from napari_unet.core.checkpoint import (
+        ModelFileError,
+        load_model,
+        save_model,
+        suggested_threshold,
+    )
     from napari_unet.core.device import select_device
     from napari_unet.core.distributed import predict_dask
     from napari_unet.core.io import open_image

@@ -145,3 +145,15 @@ def load_model(path: str | os.PathLike[str]) -> UNet:
         raise ModelFileError(f"{path} is malformed: {err}") from None
     model.metadata = dict(payload.get("metadata") or {})
     return model.eval()
+
+
+def suggested_threshold(model: UNet) -> float:
+    """Foreground threshold stored with ``model`` by training (0.5 if none).
+
+    Training with validation picks the threshold that scored best on the
+    held-out images; see :class:`~napari_unet.core.TrainConfig`.
+    """
+    value = model.metadata.get("threshold")
+    if isinstance(value, int | float) and 0 < value < 1:
+        return float(value)
+    return 0.5

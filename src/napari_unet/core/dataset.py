@@ -14,12 +14,14 @@ intensity), and cropped to the network's output for the target.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage as ndi
+from skimage.transform import rescale
 
 from napari_unet.core.augment import augment_sample
 from napari_unet.core.preprocess import Normalization, check_finite
@@ -168,6 +170,32 @@ def prepare_sample(
     return Sample(norm(image), target, weights.astype(np.float32), instances)
 
 
+def rescale_annotation(
+    image: ArrayLike, labels: ArrayLike, mask: ArrayLike | None, scale: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Resize an annotated image by ``scale`` (image linear, labels and mask nearest).
+
+    Parameters
+    ----------
+    image : array of shape (M, N) or (C, M, N)
+    labels : array of shape (M, N)
+    mask : bool array of shape (M, N) or None
+    scale : float
+        Zoom factor (< 1 shrinks cells, > 1 grows them).
+    """
+    image, labels = np.asarray(image), np.asarray(labels)
+    if scale == 1.0:
+        return image, labels, None if mask is None else np.asarray(mask, bool)
+    axis = 0 if image.ndim == 3 else None
+    image = rescale(
+        image.astype(np.float32), scale, order=1, anti_aliasing=scale < 1, channel_axis=axis
+    )
+    labels = rescale(labels, scale, order=0, anti_aliasing=False, preserve_range=True)
+    if mask is not None:
+        mask = rescale(np.asarray(mask, bool), scale, order=0, anti_aliasing=False)
+    return image, labels.astype(np.int64), mask
+
+
 class PatchSampler:
     """Draw augmented training batches from samples.
 
@@ -181,6 +209,11 @@ class PatchSampler:
     rng : numpy Generator or int
     augment : bool
         Flips, 90-degree rotations, elastic deformation and intensity changes.
+    elastic_sigma : float
+        Standard deviation (px) of the elastic grid displacements.
+    weights : sequence of float, optional
+        Relative weight of each sample; a sample is drawn with probability
+        proportional to its annotated area times its weight.
     """
 
     def __init__(
@@ -192,6 +225,7 @@ class PatchSampler:
         rng: np.random.Generator | int | None = None,
         augment: bool = True,
         elastic_sigma: float = 10.0,
+        weights: Sequence[float] | None = None,
     ) -> None:
         if not samples:
             raise ValueError("no training samples")
@@ -201,9 +235,11 @@ class PatchSampler:
         self.rng = np.random.default_rng(rng)
         self.augment = augment
         self.elastic_sigma = elastic_sigma
-        # sample images in proportion to their annotated area
+        # sample images in proportion to their (weighted) annotated area
         self._known = [np.flatnonzero(s.known) for s in samples]
         sizes = np.array([len(k) for k in self._known], float)
+        if weights is not None:
+            sizes *= np.asarray(weights, float)
         self._p = sizes / sizes.sum()
 
     def _window(self, sample: Sample, known: np.ndarray) -> tuple[np.ndarray, ...]:

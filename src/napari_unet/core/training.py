@@ -24,7 +24,13 @@ import torch
 from numpy.typing import ArrayLike
 
 from napari_unet.core.checkpoint import save_model
-from napari_unet.core.dataset import PatchSampler, Weighting, prepare_sample
+from napari_unet.core.dataset import (
+    PatchSampler,
+    Sample,
+    Weighting,
+    prepare_sample,
+    rescale_annotation,
+)
 from napari_unet.core.device import autocast_dtype, select_device
 from napari_unet.core.losses import weighted_cross_entropy
 from napari_unet.core.metrics import f1_at, foreground_iou
@@ -33,6 +39,9 @@ from napari_unet.core.postprocess import probabilities_to_labels
 from napari_unet.core.tiling import predict_tiled
 
 logger = logging.getLogger(__name__)
+
+#: Foreground thresholds tried on validation images when none is given.
+CANDIDATE_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,10 @@ class TrainConfig:
         Flips, rotations, elastic deformation (paper: 3x3 grid, 10 px) and intensity.
     elastic_sigma : float
         Standard deviation (px) of the elastic grid displacements.
+    scales : tuple of float
+        Zoom factors at which every training image is also used (scale
+        augmentation: cells of other sizes than the annotated ones); each
+        scale is drawn equally often.
     validation : {"auto", "none"}
         ``"auto"`` holds out the last annotated image when there are >= 2
         (unless validation data is given).
@@ -77,8 +90,15 @@ class TrainConfig:
         Architecture when training from scratch.
     padding : {"valid", "same"}
         Padding when training from scratch.
-    threshold, min_size : float, int
-        Post-processing used to score validation images.
+    norm : {None, "batch"}
+        Normalization layers when training from scratch (batch norm is
+        pointwise at inference, so tiling stays exact).
+    threshold : float, optional
+        Foreground threshold used to score validation images and stored in
+        the model as its suggested threshold; None picks the best of
+        0.3, 0.35, ..., 0.8 on the validation images (0.5 without validation).
+    min_size : int
+        Smallest object (pixels) kept when scoring validation images.
     """
 
     steps: int = 1000
@@ -92,6 +112,7 @@ class TrainConfig:
     dice_weight: float = 0.0
     augment: bool = True
     elastic_sigma: float = 10.0
+    scales: tuple[float, ...] = (1.0,)
     validation: Literal["auto", "none"] = "auto"
     validate_every: int = 100
     patience: int | None = 10
@@ -99,7 +120,8 @@ class TrainConfig:
     base_channels: int = 16
     depth: int = 4
     padding: Literal["valid", "same"] = "valid"
-    threshold: float = 0.5
+    norm: Literal["batch"] | None = None
+    threshold: float | None = None
     min_size: int = 16
 
     def __post_init__(self) -> None:
@@ -113,6 +135,12 @@ class TrainConfig:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
         if self.validation not in ("auto", "none"):
             raise ValueError(f"`validation` must be 'auto' or 'none', got {self.validation!r}")
+        if not self.scales or not all(0.1 <= z <= 10 for z in self.scales):
+            raise ValueError(f"`scales` must be zoom factors in [0.1, 10], got {self.scales!r}")
+        if self.norm not in (None, "batch"):
+            raise ValueError(f"`norm` must be None or 'batch', got {self.norm!r}")
+        if self.threshold is not None and not 0 < self.threshold < 1:
+            raise ValueError(f"`threshold` must be in (0, 1) or None, got {self.threshold!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"`patience` must be >= 1 or None, got {self.patience!r}")
 
@@ -148,6 +176,7 @@ class TrainResult:
     stopped: str
     history: list[dict[str, Any]] = field(default_factory=list)
     checkpoint: Path | None = None
+    threshold: float = 0.5
 
 
 @dataclass
@@ -187,20 +216,58 @@ def evaluate(
     images: Sequence[_ValImage],
     *,
     device: torch.device | str = "cpu",
-    threshold: float = 0.5,
+    thresholds: Sequence[float] = (0.5,),
     min_size: int = 16,
 ) -> dict[str, float]:
-    """Mean foreground IoU and instance F1 at IoU 0.5 over validation images."""
-    ious, f1s = [], []
-    for val in images:
-        image = val.image[0] if model.in_channels == 1 else val.image
-        prob = predict_tiled(model, image, device=device)
-        pred = probabilities_to_labels(prob, threshold=threshold, min_size=min_size)
-        pred = np.where(val.known, pred, 0)
-        ious.append(foreground_iou(val.instances, pred, mask=val.known))
-        f1s.append(f1_at(val.instances, pred))
-    iou, f1 = float(np.mean(ious)), float(np.mean(f1s))
-    return {"iou": iou, "f1": f1, "score": (iou + f1) / 2}
+    """Mean foreground IoU and instance F1 at IoU 0.5 over validation images.
+
+    Every threshold in ``thresholds`` is tried on the same probabilities; the
+    scores of the best one (mean of IoU and F1; ties go to the threshold
+    nearest 0.5) are returned with ``"threshold"``.
+    """
+    probs = [
+        predict_tiled(model, val.image[0] if model.in_channels == 1 else val.image, device=device)
+        for val in images
+    ]
+    best: dict[str, float] = {}
+    for threshold in sorted(thresholds, key=lambda t: (abs(t - 0.5), t)):
+        ious, f1s = [], []
+        for val, prob in zip(images, probs, strict=True):
+            pred = probabilities_to_labels(prob, threshold=threshold, min_size=min_size)
+            pred = np.where(val.known, pred, 0)
+            ious.append(foreground_iou(val.instances, pred, mask=val.known))
+            f1s.append(f1_at(val.instances, pred))
+        iou, f1 = float(np.mean(ious)), float(np.mean(f1s))
+        if not best or (iou + f1) / 2 > best["score"]:
+            best = {"iou": iou, "f1": f1, "score": (iou + f1) / 2, "threshold": threshold}
+    return best
+
+
+def _training_samples(
+    images: list[Any], labels: list[Any], masks: list[Any], net: UNet, config: TrainConfig
+) -> tuple[list[Sample], list[float]]:
+    """Samples of every image at every zoom in ``config.scales``, and their draw weights.
+
+    A zoomed copy left without cells (tiny cells shrunk away) is skipped; each
+    zoom is drawn equally often (weight 1 / zoom**2 per pixel).
+    """
+    samples, weights = [], []
+    for image, label, mask in zip(images, labels, masks, strict=True):
+        for zoom in config.scales:
+            scaled = rescale_annotation(image, label, mask, zoom)
+            if zoom != 1.0 and not np.any(scaled[1] if mask is None else scaled[1][scaled[2]]):
+                continue
+            sample = prepare_sample(
+                *scaled,
+                in_channels=net.in_channels,
+                normalization=net.normalization,
+                weighting=config.weighting,
+                w0=config.w0,
+                sigma=config.sigma,
+            )
+            samples.append(sample)
+            weights.append(1 / zoom**2)
+    return samples, weights
 
 
 def _learning_rate(base: float, progress: float) -> float:
@@ -273,24 +340,12 @@ def iter_train(
             depth=config.depth,
             base_channels=config.base_channels,
             padding=config.padding,
+            norm=config.norm,
         )
     else:
         net = copy.deepcopy(model)
     net = net.to(dev)
 
-    samples = [
-        prepare_sample(
-            img,
-            lab,
-            msk,
-            in_channels=net.in_channels,
-            normalization=net.normalization,
-            weighting=config.weighting,
-            w0=config.w0,
-            sigma=config.sigma,
-        )
-        for img, lab, msk in zip(images, labels, masks, strict=True)
-    ]
     val: list[_ValImage] = [
         _val_image(img, lab, None, net)
         for img, lab in zip(
@@ -299,9 +354,10 @@ def iter_train(
             strict=True,
         )
     ]
-    if not val and config.validation == "auto" and len(samples) >= 2:
+    if not val and config.validation == "auto" and len(images) >= 2:
         val = [_val_image(images[-1], labels[-1], masks[-1], net)]
-        samples = samples[:-1]
+        images, labels, masks = images[:-1], labels[:-1], masks[:-1]
+    samples, scale_weights = _training_samples(images, labels, masks, net, config)
 
     patch = net.valid_input_size(config.patch_size)
     out_size = net.output_size(patch)
@@ -313,6 +369,7 @@ def iter_train(
         rng=rng,
         augment=config.augment,
         elastic_sigma=config.elastic_sigma,
+        weights=scale_weights,
     )
     optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     amp = autocast_dtype(dev)
@@ -321,13 +378,15 @@ def iter_train(
     history: list[dict[str, Any]] = []
     best_state = copy.deepcopy(net.state_dict())
     best_step, best_score, stale = 0, None, 0
+    thresholds = CANDIDATE_THRESHOLDS if config.threshold is None else (config.threshold,)
+    best_threshold = 0.5 if config.threshold is None else config.threshold
     stopped = "steps"
     start = time.perf_counter()
     budget = config.minutes * 60 if config.minutes else math.inf
     meta = {
         "training": {
             "config": dataclasses.asdict(config),
-            "n_images": len(samples),
+            "n_images": len(images),
             "n_validation": len(val),
         }
     }
@@ -355,7 +414,7 @@ def iter_train(
             if val:
                 net.eval()
                 validation = evaluate(
-                    net, val, device=dev, threshold=config.threshold, min_size=config.min_size
+                    net, val, device=dev, thresholds=thresholds, min_size=config.min_size
                 )
                 record.update(validation)
                 improved = best_score is None or validation["score"] > best_score
@@ -365,8 +424,17 @@ def iter_train(
             if improved:
                 best_step, best_state = step, copy.deepcopy(net.state_dict())
                 best_score = validation["score"] if validation else None
+                if validation:
+                    best_threshold = validation["threshold"]
                 if checkpoint is not None:
-                    save_model(checkpoint, net, **meta, best_step=step, best_score=best_score)
+                    save_model(
+                        checkpoint,
+                        net,
+                        **meta,
+                        best_step=step,
+                        best_score=best_score,
+                        threshold=best_threshold,
+                    )
         history.append(record)
 
         elapsed = time.perf_counter() - start
@@ -390,12 +458,18 @@ def iter_train(
         best_step, best_state = step, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     net = net.cpu().eval()
-    net.metadata = {**meta, "best_step": best_step, "best_score": best_score}
+    net.metadata = {
+        **meta,
+        "best_step": best_step,
+        "best_score": best_score,
+        "threshold": best_threshold,
+    }
     saved = None
     if checkpoint is not None:
         saved = save_model(checkpoint, net)
+    elapsed = time.perf_counter() - start
     return TrainResult(
-        net, best_step, best_score, step, time.perf_counter() - start, stopped, history, saved
+        net, best_step, best_score, step, elapsed, stopped, history, saved, best_threshold
     )
 
 
