@@ -213,6 +213,31 @@ def test_train_then_predict_round_trip(tmp_path, disks, capsys):
     )
     assert code == 0, err
     assert load_model(tmp_path / "tuned.pt").config == net.config
+    assert net.config.norm == "batch"  # the default for new models
+    # the paper's architecture (no normalization) with scale augmentation
+    code, err = run(
+        [
+            *argv[:-8],
+            "--out",
+            tmp_path / "paper.pt",
+            "--norm",
+            "none",
+            "--scale-augment",
+            "--steps",
+            2,
+            "--patch-size",
+            92,
+            "--batch-size",
+            1,
+            "--device",
+            "cpu",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    paper = load_model(tmp_path / "paper.pt")
+    assert paper.config.norm is None
+    assert list(paper.metadata["training"]["config"]["scales"]) == [0.5, 0.71, 1.0, 1.41]
 
 
 def test_train_bad_inputs(tmp_path, disks, capsys):

@@ -224,7 +224,7 @@ def _read_pairs(images: list[str], labels: list[str]) -> tuple[list, list]:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from napari_unet.core.checkpoint import load_model
-    from napari_unet.core.training import TrainConfig, iter_train
+    from napari_unet.core.training import MULTI_SCALE, TrainConfig, iter_train
 
     out = Path(args.out)
     if out.suffix.lower() != ".pt":
@@ -248,6 +248,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         weighting=args.weighting,
         w0=args.w0,
         sigma=args.sigma,
+        scales=MULTI_SCALE if args.scale_augment else (1.0,),
+        norm=None if args.norm == "none" else args.norm,
         validation="none" if args.no_validation else "auto",
         validate_every=min(args.validate_every, args.steps),
     )
@@ -441,6 +443,18 @@ def build_parser() -> argparse.ArgumentParser:
         default="border",
         help="loss weights: the paper's border term (default), its full weight map (class "
         "balance + border term), class balance only, or none",
+    )
+    t.add_argument(
+        "--norm",
+        choices=["batch", "none"],
+        default="batch",
+        help="normalization layers of a new model (none = the paper's)",
+    )
+    t.add_argument(
+        "--scale-augment",
+        action="store_true",
+        help="also train on the images zoomed 0.5x-1.41x (when the images to segment "
+        "have other magnifications than the annotated ones)",
     )
     t.add_argument("--w0", type=float, default=10.0, help="weight-map border weight")
     t.add_argument("--sigma", type=float, default=5.0, help="weight-map border width (px)")

@@ -54,6 +54,20 @@ def test_tiled_equals_whole_image(net, shape, tile):
     np.testing.assert_allclose(tiled, ref, atol=2e-5)
 
 
+def test_batch_norm_model_tiles_exactly():
+    # batch norm with (non-trivial) running statistics is pointwise in eval mode
+    torch.manual_seed(4)
+    net = UNet(base_channels=2, norm="batch")
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.randn(2, 1, 188, 188) * 3 + 1)
+    net.eval()
+    image = np.random.default_rng(5).normal(size=(97, 131)).astype(np.float32)
+    tiled = predict_tiled(net, image, tile_size=204, device="cpu")
+    np.testing.assert_allclose(tiled, whole_image_reference(net, image)[0], atol=2e-5)
+
+
 def test_tiles_partition_the_image(net):
     plan = plan_tiles(net, (97, 131), 236)
     covered = np.zeros((97, 131), int)

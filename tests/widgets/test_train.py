@@ -82,6 +82,19 @@ def test_train_sets_session_model_and_plots(annotated, qtbot):
     assert saved["steps"] == 6 and saved["base_channels"] == 8 and saved["device"] == "cpu"
 
 
+def test_scale_augmentation_option(annotated, qtbot):
+    from napari_unet.core.training import MULTI_SCALE
+
+    widget = open_train(annotated, scale_augment=True)
+    assert widget._config().scales == MULTI_SCALE
+    widget.scale_augment.value = False
+    assert widget._config().scales == (1.0,)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert widget.last_result.model.config.norm == "batch"
+    assert f"threshold {widget.last_result.threshold:.2f}" in widget.status.value
+
+
 def test_stop_keeps_best_model(annotated, qtbot):
     widget = open_train(annotated, steps=5000)
     events = []

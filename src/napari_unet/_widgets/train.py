@@ -179,6 +179,12 @@ class TrainWidget(Container):
             label="Learning rate",
             tooltip="Adam's initial learning rate (cosine decay)",
         )
+        self.scale_augment = CheckBox(
+            text="Scale augmentation (cells 0.5x-1.4x)",
+            value=False,
+            tooltip="Also train on the examples zoomed 0.5x to 1.41x: for images to "
+            "segment at other magnifications than the annotated ones",
+        )
         self.validate = CheckBox(
             text="Validate on the last annotated plane/region",
             value=True,
@@ -214,6 +220,7 @@ class TrainWidget(Container):
                 self.patch_size,
                 self.batch_size,
                 self.learning_rate,
+                self.scale_augment,
                 self.validate,
                 buttons,
                 self.status,
@@ -441,7 +448,7 @@ class TrainWidget(Container):
         return None
 
     def _config(self) -> TrainConfig:
-        from napari_unet.core.training import TrainConfig
+        from napari_unet.core.training import MULTI_SCALE, TrainConfig
 
         steps = int(self.steps.value)
         minutes = float(self.minutes.value)
@@ -454,6 +461,7 @@ class TrainWidget(Container):
             weighting=self.weighting.value,
             w0=float(self.w0.value),
             sigma=float(self.sigma.value),
+            scales=MULTI_SCALE if self.scale_augment.value else (1.0,),
             validation="auto" if self.validate.value else "none",
             validate_every=auto_validate_every(steps),
             base_channels=int(self.base_channels.value),

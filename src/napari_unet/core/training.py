@@ -40,6 +40,10 @@ from napari_unet.core.tiling import predict_tiled
 
 logger = logging.getLogger(__name__)
 
+#: Zooms for scale augmentation (``TrainConfig(scales=MULTI_SCALE)``): cells from
+#: half to 1.4x their annotated size.
+MULTI_SCALE = (0.5, 0.71, 1.0, 1.41)
+
 #: Foreground thresholds tried on validation images when none is given.
 CANDIDATE_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))
 
@@ -74,9 +78,10 @@ class TrainConfig:
     elastic_sigma : float
         Standard deviation (px) of the elastic grid displacements.
     scales : tuple of float
-        Zoom factors at which every training image is also used (scale
-        augmentation: cells of other sizes than the annotated ones); each
-        scale is drawn equally often.
+        Zoom factors at which every training image is used; each is drawn
+        equally often. The default, no zoom, is best when the images to
+        segment have the magnification of the annotated ones; use
+        :data:`MULTI_SCALE` when they do not (see docs/benchmarks.md).
     validation : {"auto", "none"}
         ``"auto"`` holds out the last annotated image when there are >= 2
         (unless validation data is given).
@@ -90,9 +95,10 @@ class TrainConfig:
         Architecture when training from scratch.
     padding : {"valid", "same"}
         Padding when training from scratch.
-    norm : {None, "batch"}
-        Normalization layers when training from scratch (batch norm is
-        pointwise at inference, so tiling stays exact).
+    norm : {"batch", None}
+        Normalization layers when training from scratch: batch norm (the
+        default; it learned better on both real datasets) or none, as in the
+        paper. Batch norm is pointwise at inference, so tiling stays exact.
     threshold : float, optional
         Foreground threshold used to score validation images and stored in
         the model as its suggested threshold; None picks the best of
@@ -120,7 +126,7 @@ class TrainConfig:
     base_channels: int = 16
     depth: int = 4
     padding: Literal["valid", "same"] = "valid"
-    norm: Literal["batch"] | None = None
+    norm: Literal["batch"] | None = "batch"
     threshold: float | None = None
     min_size: int = 16
 
