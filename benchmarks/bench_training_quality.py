@@ -7,8 +7,9 @@ The budget is CPU time of this process (default 600 CPU-s = 5 minutes on the
 2 cores of the project's machine), so a busy machine slows the run down but
 does not change what it learns. Usage::
 
-    python benchmarks/bench_training_quality.py dsb --weighting unet
+    python benchmarks/bench_training_quality.py dsb --validation auto
     python benchmarks/bench_training_quality.py isbi --weighting none --cpu-seconds 600
+    python benchmarks/bench_training_quality.py dsb --load model.pt --tta  # score only
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=["isbi", "dsb"])
     parser.add_argument(
-        "--weighting", default="unet", choices=["unet", "border", "balanced", "none"]
+        "--weighting", default="border", choices=["unet", "border", "balanced", "none"]
     )
     parser.add_argument("--cpu-seconds", type=float, default=600.0)
     parser.add_argument("--steps", type=int, help="fixed step budget (skips the calibration)")
@@ -99,7 +100,7 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=380)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--norm", choices=["batch"], help="normalization layers")
+    parser.add_argument("--norm", choices=["batch", "none"], default="batch")
     parser.add_argument("--validation", default="none", choices=["none", "auto"])
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--seed", type=int, default=0)
@@ -129,7 +130,7 @@ def main() -> None:
         "base_channels": args.base_channels,
         "weighting": args.weighting,
         "validation": args.validation,
-        "norm": args.norm,
+        "norm": None if args.norm == "none" else args.norm,
         "seed": args.seed,
         "scales": tuple(args.scales),
     }
@@ -162,6 +163,7 @@ def main() -> None:
         iou, f1 = np.mean(np.array(values, float), axis=0)
         report = {
             "dataset": args.dataset,
+            "model": args.load or "trained here",
             "weighting": args.weighting,
             "threshold": threshold,
             "model_threshold": threshold == own,
@@ -171,7 +173,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "lr": args.lr,
             "scales": args.scales,
-            "norm": args.norm,
+            "norm": None if args.norm == "none" else args.norm,
             "validation": args.validation,
             "seed": args.seed,
             "steps": steps,

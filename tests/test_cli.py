@@ -192,46 +192,15 @@ def test_train_then_predict_round_trip(tmp_path, disks, capsys):
     )
     assert code == 0, err
     assert tifffile.imread(tmp_path / "pred.tif").shape == disks.shape
+    short = ["--steps", 2, "--patch-size", 92, "--batch-size", 1, "--device", "cpu"]
     # fine-tune from the saved model
-    code, err = run(
-        [
-            *argv[:-8],
-            "--out",
-            tmp_path / "tuned.pt",
-            "--from",
-            model,
-            "--steps",
-            2,
-            "--patch-size",
-            92,
-            "--batch-size",
-            1,
-            "--device",
-            "cpu",
-        ],
-        capsys,
-    )
+    code, err = run([*argv[:-8], "--out", tmp_path / "tuned.pt", "--from", model, *short], capsys)
     assert code == 0, err
     assert load_model(tmp_path / "tuned.pt").config == net.config
     assert net.config.norm == "batch"  # the default for new models
     # the paper's architecture (no normalization) with scale augmentation
     code, err = run(
-        [
-            *argv[:-8],
-            "--out",
-            tmp_path / "paper.pt",
-            "--norm",
-            "none",
-            "--scale-augment",
-            "--steps",
-            2,
-            "--patch-size",
-            92,
-            "--batch-size",
-            1,
-            "--device",
-            "cpu",
-        ],
+        [*argv[:-8], "--out", tmp_path / "paper.pt", "--norm", "none", "--scale-augment", *short],
         capsys,
     )
     assert code == 0, err
