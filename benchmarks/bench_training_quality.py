@@ -100,6 +100,7 @@ def main() -> None:
     parser.add_argument("--patch-size", type=int, default=380)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     parser.add_argument("--norm", choices=["batch", "none"], default="batch")
     parser.add_argument("--validation", default="none", choices=["none", "auto"])
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
@@ -127,6 +128,7 @@ def main() -> None:
         "batch_size": args.batch_size,
         "patch_size": args.patch_size,
         "learning_rate": args.lr,
+        "optimizer": args.optimizer,
         "base_channels": args.base_channels,
         "weighting": args.weighting,
         "validation": args.validation,
@@ -172,6 +174,7 @@ def main() -> None:
             "patch_size": args.patch_size,
             "batch_size": args.batch_size,
             "lr": args.lr,
+            "optimizer": args.optimizer,
             "scales": args.scales,
             "norm": None if args.norm == "none" else args.norm,
             "validation": args.validation,

@@ -246,3 +246,31 @@ def test_config_validation():
         TrainConfig(steps=0)
     with pytest.raises(ValueError, match="minutes"):
         TrainConfig(minutes=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="rmsprop")
+    with pytest.raises(ValueError, match="norm"):
+        TrainConfig(norm="group")  # per-tile statistics would break exact tiling
+
+
+def test_sgd_with_momentum_trains(data, monkeypatch):
+    train_set, _ = data
+    made = []
+    original = torch.optim.SGD.__init__
+
+    def spy(self, params, **kwargs):
+        made.append(kwargs)
+        original(self, params, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "__init__", spy)
+    config = TrainConfig(
+        steps=3,
+        batch_size=1,
+        patch_size=92,
+        depth=3,
+        base_channels=4,
+        optimizer="sgd",
+        learning_rate=0.01,
+    )
+    result = train([train_set[0][0]], [train_set[0][1]], config=config, device="cpu")
+    assert made == [{"lr": 0.01, "momentum": 0.99}]
+    assert result.steps == 3 and all(np.isfinite(h["loss"]) for h in result.history)

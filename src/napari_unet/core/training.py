@@ -63,7 +63,10 @@ class TrainConfig:
     patch_size : int
         Input patch edge (rounded up to a valid size for the network).
     learning_rate : float
-        Adam's initial learning rate; cosine decay to 5 % over the budget.
+        Initial learning rate; cosine decay to 5 % over the budget.
+    optimizer : {"adam", "sgd"}
+        Adam (the default; see docs/benchmarks.md) or the paper's SGD with
+        momentum 0.99.
     weighting : {"border", "unet", "balanced", "none"}
         Loss weights: the paper's border term on uniform class weights (the
         default: it beat the full weight map and no weights on both real
@@ -112,6 +115,7 @@ class TrainConfig:
     batch_size: int = 2
     patch_size: int = 380
     learning_rate: float = 1e-3
+    optimizer: Literal["adam", "sgd"] = "adam"
     weighting: Weighting = "border"
     w0: float = 10.0
     sigma: float = 5.0
@@ -143,6 +147,8 @@ class TrainConfig:
             raise ValueError(f"`validation` must be 'auto' or 'none', got {self.validation!r}")
         if not self.scales or not all(0.1 <= z <= 10 for z in self.scales):
             raise ValueError(f"`scales` must be zoom factors in [0.1, 10], got {self.scales!r}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"`optimizer` must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.norm not in (None, "batch"):
             raise ValueError(f"`norm` must be None or 'batch', got {self.norm!r}")
         if self.threshold is not None and not 0 < self.threshold < 1:
@@ -377,7 +383,10 @@ def iter_train(
         elastic_sigma=config.elastic_sigma,
         weights=scale_weights,
     )
-    optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+    if config.optimizer == "sgd":  # the paper: high momentum, so many past steps count
+        optimizer = torch.optim.SGD(net.parameters(), lr=config.learning_rate, momentum=0.99)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
     amp = autocast_dtype(dev)
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
