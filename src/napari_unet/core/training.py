@@ -69,9 +69,10 @@ class TrainConfig:
         momentum 0.99.
     weighting : {"border", "unet", "balanced", "none"}
         Loss weights: the paper's border term on uniform class weights (the
-        default: it beat the full weight map and no weights on both real
-        datasets, see docs/benchmarks.md), the paper's full weight map (class
-        balance + border term), class balance only, or uniform.
+        default: it beat the full weight map on both real datasets and no
+        weights on touching nuclei; uniform weights did better on EM membranes,
+        see docs/benchmarks.md), the paper's full weight map (class balance +
+        border term), class balance only, or uniform.
     w0, sigma : float
         Weight-map border term (paper: 10, 5 px).
     dice_weight : float
