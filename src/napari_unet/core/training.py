@@ -35,7 +35,7 @@ from napari_unet.core.device import autocast_dtype, select_device
 from napari_unet.core.losses import weighted_cross_entropy
 from napari_unet.core.metrics import f1_at, foreground_iou
 from napari_unet.core.model import UNet
-from napari_unet.core.postprocess import probabilities_to_labels
+from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
 from napari_unet.core.tiling import predict_tiled
 
 logger = logging.getLogger(__name__)
@@ -238,15 +238,15 @@ def evaluate(
     scores of the best one (mean of IoU and F1; ties go to the threshold
     nearest 0.5) are returned with ``"threshold"``.
     """
-    probs = [
-        predict_tiled(model, val.image[0] if model.in_channels == 1 else val.image, device=device)
-        for val in images
-    ]
+    foregrounds = []  # predicted once, thresholded many times
+    for val in images:
+        image = val.image[0] if model.in_channels == 1 else val.image
+        foregrounds.append(foreground_probability(predict_tiled(model, image, device=device)))
     best: dict[str, float] = {}
     for threshold in sorted(thresholds, key=lambda t: (abs(t - 0.5), t)):
         ious, f1s = [], []
-        for val, prob in zip(images, probs, strict=True):
-            pred = probabilities_to_labels(prob, threshold=threshold, min_size=min_size)
+        for val, fg in zip(images, foregrounds, strict=True):
+            pred = probabilities_to_labels(fg, threshold=threshold, min_size=min_size)
             pred = np.where(val.known, pred, 0)
             ious.append(foreground_iou(val.instances, pred, mask=val.known))
             f1s.append(f1_at(val.instances, pred))
@@ -267,11 +267,13 @@ def _training_samples(
     samples, weights = [], []
     for image, label, mask in zip(images, labels, masks, strict=True):
         for zoom in config.scales:
-            scaled = rescale_annotation(image, label, mask, zoom)
-            if zoom != 1.0 and not np.any(scaled[1] if mask is None else scaled[1][scaled[2]]):
+            zoomed, cells, region = rescale_annotation(image, label, mask, zoom)
+            if zoom != 1.0 and not np.any(cells if region is None else cells[region]):
                 continue
             sample = prepare_sample(
-                *scaled,
+                zoomed,
+                cells,
+                region,
                 in_channels=net.in_channels,
                 normalization=net.normalization,
                 weighting=config.weighting,
@@ -399,13 +401,21 @@ def iter_train(
     stopped = "steps"
     start = time.perf_counter()
     budget = config.minutes * 60 if config.minutes else math.inf
-    meta = {
-        "training": {
-            "config": dataclasses.asdict(config),
-            "n_images": len(images),
-            "n_validation": len(val),
-        }
+    training = {
+        "config": dataclasses.asdict(config),
+        "n_images": len(images),
+        "n_validation": len(val),
     }
+
+    def metadata() -> dict[str, Any]:
+        """What the model file records about this training and its best model."""
+        return {
+            "training": training,
+            "best_step": best_step,
+            "best_score": best_score,
+            "threshold": best_threshold,
+        }
+
     step = 0
     for step in range(1, config.steps + 1):
         elapsed = time.perf_counter() - start
@@ -443,14 +453,7 @@ def iter_train(
                 if validation:
                     best_threshold = validation["threshold"]
                 if checkpoint is not None:
-                    save_model(
-                        checkpoint,
-                        net,
-                        **meta,
-                        best_step=step,
-                        best_score=best_score,
-                        threshold=best_threshold,
-                    )
+                    save_model(checkpoint, net, **metadata())
         history.append(record)
 
         elapsed = time.perf_counter() - start
@@ -474,12 +477,7 @@ def iter_train(
         best_step, best_state = step, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     net = net.cpu().eval()
-    net.metadata = {
-        **meta,
-        "best_step": best_step,
-        "best_score": best_score,
-        "threshold": best_threshold,
-    }
+    net.metadata = metadata()
     saved = None
     if checkpoint is not None:
         saved = save_model(checkpoint, net)
