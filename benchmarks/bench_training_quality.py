@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    parser.add_argument("--dice-weight", type=float, default=0.0)
     parser.add_argument("--norm", choices=["batch", "none"], default="batch")
     parser.add_argument("--validation", default="none", choices=["none", "auto"])
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
@@ -129,6 +130,7 @@ def main() -> None:
         "patch_size": args.patch_size,
         "learning_rate": args.lr,
         "optimizer": args.optimizer,
+        "dice_weight": args.dice_weight,
         "base_channels": args.base_channels,
         "weighting": args.weighting,
         "validation": args.validation,
@@ -175,6 +177,7 @@ def main() -> None:
             "batch_size": args.batch_size,
             "lr": args.lr,
             "optimizer": args.optimizer,
+            "dice_weight": args.dice_weight,
             "scales": args.scales,
             "norm": None if args.norm == "none" else args.norm,
             "validation": args.validation,

@@ -250,6 +250,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         sigma=args.sigma,
         scales=MULTI_SCALE if args.scale_augment else (1.0,),
         norm=None if args.norm == "none" else args.norm,
+        mixed_precision=not args.float32,
         validation="none" if args.no_validation else "auto",
         validate_every=min(args.validate_every, args.steps),
     )
@@ -455,6 +456,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also train on the images zoomed 0.5x-1.41x (when the images to segment "
         "have other magnifications than the annotated ones)",
+    )
+    t.add_argument(
+        "--float32",
+        action="store_true",
+        help="no mixed precision (by default bfloat16/float16 autocast on CUDA and on CPUs "
+        "with native bfloat16)",
     )
     t.add_argument("--w0", type=float, default=10.0, help="weight-map border weight")
     t.add_argument("--sigma", type=float, default=5.0, help="weight-map border width (px)")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_unet.core import training
+from napari_unet.core import device, training
 from napari_unet.core.checkpoint import load_model, suggested_threshold
 from napari_unet.core.dataset import PatchSampler
 from napari_unet.core.metrics import foreground_iou, instance_scores
@@ -274,3 +274,21 @@ def test_sgd_with_momentum_trains(data, monkeypatch):
     result = train([train_set[0][0]], [train_set[0][1]], config=config, device="cpu")
     assert made == [{"lr": 0.01, "momentum": 0.99}]
     assert result.steps == 3 and all(np.isfinite(h["loss"]) for h in result.history)
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("mixed", [True, False])
+def test_bfloat16_autocast_on_cpu_only_where_native(data, monkeypatch, native, mixed):
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    net = UNet(depth=3, base_channels=4)
+    dtypes = []
+    net.register_forward_hook(lambda module, args, out: dtypes.append(out.dtype))
+    config = TrainConfig(
+        steps=2, batch_size=1, patch_size=92, validation="none", mixed_precision=mixed
+    )
+    result = train([data[0][0][0]], [data[0][0][1]], model=net, config=config, device="cpu")
+    expected = torch.bfloat16 if native and mixed else torch.float32
+    assert dtypes == [expected, expected]
+    assert all(p.dtype == torch.float32 for p in result.model.parameters())
+    assert all(np.isfinite(h["loss"]) for h in result.history)
+    assert device.autocast_dtype(torch.device("cpu")) is None  # inference stays float32

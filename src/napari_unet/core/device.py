@@ -48,11 +48,27 @@ def select_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """Mixed-precision dtype for ``device``: bf16/fp16 on CUDA, None (float32) elsewhere."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+def cpu_has_native_bf16() -> bool:
+    """True if the CPU computes bfloat16 natively (AVX512-BF16 or AMX).
+
+    Only then does bfloat16 autocast speed the CPU up; elsewhere it is emulated
+    and slower than float32.
+    """
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def autocast_dtype(device: torch.device, *, cpu: bool = False) -> torch.dtype | None:
+    """Mixed-precision dtype for ``device``, None for float32.
+
+    bf16 (or fp16 where bf16 is missing) on CUDA; with ``cpu=True`` also bf16
+    on a CPU that computes it natively (:func:`cpu_has_native_bf16`).
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and cpu and cpu_has_native_bf16():
+        return torch.bfloat16
+    return None
 
 
 def available_memory(device: torch.device) -> int:
