@@ -52,7 +52,9 @@ def split(dataset: str, n_test: int, seed: int) -> tuple[Path, list[str], list[s
 
 def calibrate(images: list, masks: list, settings: dict, cpu_seconds: float) -> int:
     """Steps that fit ``cpu_seconds`` of this process's CPU time."""
-    probe = iter_train(images, masks, config=TrainConfig(steps=8, **settings), device="cpu")
+    # no validation in the probe: it would count as training time
+    probe_config = TrainConfig(steps=8, **{**settings, "validation": "none"})
+    probe = iter_train(images, masks, config=probe_config, device="cpu")
     next(probe)
     next(probe)
     cpu = time.process_time()

@@ -184,7 +184,7 @@ def test_train_then_predict_round_trip(tmp_path, disks, capsys):
     assert code == 0, err
     assert "trained 4 steps" in err and "validation score" in err
     net = load_model(model)
-    assert net.config.base_channels == 4 and net.metadata["training"]["n_images"] == 1
+    assert net.config.base_channels == 4 and net.metadata["training"]["n_images"] == 2
     code, err = run(argv, capsys)
     assert code == 2 and "exists" in err  # never silently replaced
     code, err = run(

@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--validation-image",
         action="append",
         default=[],
-        help="validation image (repeat); default: hold out the last --image",
+        help="validation image (repeat); default: hold out the far fifth of every --image",
     )
     t.add_argument("--validation-labels", action="append", default=[], help="its labels")
     t.add_argument("--validate-every", type=int, default=100, help="steps between validations")

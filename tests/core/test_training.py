@@ -54,6 +54,7 @@ FAST = TrainConfig(
     learning_rate=3e-3,
     validation="none",
     norm=None,  # the paper's network (docs/benchmarks.md quotes these runs)
+    mixed_precision=False,  # float32 on every CPU, so the seeded runs match everywhere
     seed=0,
 )
 
@@ -292,3 +293,42 @@ def test_bfloat16_autocast_on_cpu_only_where_native(data, monkeypatch, native, m
     assert all(p.dtype == torch.float32 for p in result.model.parameters())
     assert all(np.isfinite(h["loss"]) for h in result.history)
     assert device.autocast_dtype(torch.device("cpu")) is None  # inference stays float32
+
+
+def test_validation_band_holds_a_share_of_the_annotation():
+    labels = np.zeros((100, 60), np.int32)
+    labels[::10, ::10] = np.arange(1, 61).reshape(10, 6)
+    train_part, band = training.validation_band(labels, share=0.2)
+    assert band[80:].all() and not band[:80].any()  # the end of the longer axis
+    assert not (train_part & band).any() and (train_part | band).all()
+    mask = np.zeros(labels.shape, bool)
+    mask[10:90, :30] = True
+    train_part, band = training.validation_band(labels, mask, share=0.25)
+    assert band.sum() == 0.25 * mask.sum() and band[70:90, :30].all()
+    assert not (band & ~mask).any() and not (train_part & ~mask).any()
+    wide = training.validation_band(labels.T, share=0.2)[1]
+    assert wide[:, 80:].all() and not wide[:, :80].any()
+    top_only = np.where(np.arange(100)[:, None] < 50, labels, 0)
+    assert training.validation_band(top_only) is None  # no cell to validate on
+    assert training.validation_band(np.where(labels > 50, labels, 0)) is None  # none to train
+
+
+def test_auto_validation_scores_a_band_of_every_image_and_trains_on_the_rest(data, monkeypatch):
+    train_set, _ = data
+    seen = []
+    original = PatchSampler.__init__
+
+    def spy(self, samples, *args, **kwargs):
+        original(self, samples, *args, **kwargs)
+        seen.extend(samples)
+
+    monkeypatch.setattr(PatchSampler, "__init__", spy)
+    images, labels = zip(*train_set[:2], strict=True)
+    config = TrainConfig(steps=2, batch_size=1, patch_size=92, depth=3, base_channels=4)
+    result = train(images, labels, config=config, device="cpu")
+    assert result.model.metadata["training"]["n_validation"] == 2
+    assert result.best_score is not None and result.threshold in CANDIDATE_THRESHOLDS
+    for sample in seen:  # 128 x 128: the last ~26 rows are held out
+        assert (sample.weights[:100] > 0).all() and not sample.weights[104:].any()
+    none = TrainConfig(**{**config.__dict__, "validation": "none"})
+    assert train(images, labels, config=none, device="cpu").best_score is None

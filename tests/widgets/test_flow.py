@@ -47,7 +47,9 @@ def test_annotate_train_predict_correct_retrain(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: not train.is_running, timeout=TIMEOUT)
     first = get_session(viewer).model
     assert first is not None
-    assert first.metadata["training"]["n_images"] == 1  # plane 1 held out for validation
+    # both planes train; a band of each is held out for validation
+    assert first.metadata["training"]["n_images"] == 2
+    assert first.metadata["training"]["n_validation"] == 2
     assert train.last_result.best_score > 0.3
 
     # 3. predict the whole stack with the session's model
@@ -74,15 +76,15 @@ def test_annotate_train_predict_correct_retrain(make_napari_viewer, qtbot):
     annotations.data[2] = truth[2]  # the user's corrections
     info["planes"].append(2)
 
-    # 5. retrain from the current model: three planes now (one held out)
+    # 5. retrain from the current model: three planes now
     train.start_from.value = "current"
     train.steps.value = 6  # fine-tuning: a few steps
     train.start()
     qtbot.waitUntil(lambda: not train.is_running, timeout=TIMEOUT)
     second = get_session(viewer).model
     assert second is not first and second.config == first.config
-    assert second.metadata["training"]["n_images"] == 2
-    assert second.metadata["training"]["n_validation"] == 1
+    assert second.metadata["training"]["n_images"] == 3
+    assert second.metadata["training"]["n_validation"] == 3
     assert train.last_result.steps == 6
 
     # the Predict widget follows the session's model

@@ -69,7 +69,7 @@ def test_train_sets_session_model_and_plots(annotated, qtbot):
     assert model.config.base_channels == 8
     assert widget.plot.steps == list(range(1, 7))
     assert len(widget.plot.losses) == 6 and np.isfinite(widget.plot.losses).all()
-    # plane 1 was held out for validation; it ran at least at the last step
+    # a band of each plane was held out for validation; it ran at least at the last step
     assert widget.plot.validation_steps and widget.plot.validation_steps[-1] == 6
     assert 0.0 <= widget.plot.ious[-1] <= 1.0
     assert "step 6/6" in widget.status.value or "Done" in widget.status.value
@@ -218,8 +218,8 @@ def test_train_on_annotated_rectangles(annotated, qtbot, tmp_path):
     model = load_model(widget.save_model(tmp_path / "rect.pt"))
     sources = model.metadata["training_layers"]
     assert len(sources) == 2 and all("rectangle" in s for s in sources)
-    assert model.metadata["training"]["n_images"] == 1
-    assert model.metadata["training"]["n_validation"] == 1
+    assert model.metadata["training"]["n_images"] == 2
+    assert model.metadata["training"]["n_validation"] == 2
 
 
 def test_widget_modules_import_without_torch():

@@ -186,10 +186,10 @@ class TrainWidget(Container):
             "segment at other magnifications than the annotated ones",
         )
         self.validate = CheckBox(
-            text="Validate on the last annotated plane/region",
+            text="Validate on a held-out part of each example",
             value=True,
-            tooltip="Hold out the last annotated example (when there are >= 2) to score "
-            "the model and keep the best one",
+            tooltip="Hold out the far end (a fifth) of every annotated example to score the "
+            "model, keep the best one and pick its threshold; the rest trains",
         )
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
@@ -312,11 +312,7 @@ class TrainWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._set_running(True)
-        held_out = (
-            " (the last one held out for validation)"
-            if (config.validation == "auto" and len(crops) >= 2)
-            else ""
-        )
+        held_out = " (a fifth of each held out for validation)" if self.validate.value else ""
         self.status.value = (
             f"Training on {len(crops)} example(s){held_out}; the best model so far is "
             f"autosaved to {autosave_path()}…"
@@ -568,7 +564,11 @@ class TrainWidget(Container):
                 f"{result.threshold:.2f}) at step {result.best_step}"
             )
         else:
-            score = "no validation (fewer than 2 annotated examples)"
+            score = "no validation" + (
+                " (no example had cells both in its held-out fifth and in the rest)"
+                if self.validate.value
+                else ""
+            )
         summary = f"{result.steps} steps in {format_duration(result.elapsed)}"
         self.status.value = f"Done ({reason}): {summary}; {score}."
         show_info(

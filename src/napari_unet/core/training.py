@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 #: half to 1.4x their annotated size.
 MULTI_SCALE = (0.5, 0.71, 1.0, 1.41)
 
+#: Share of each annotated image held out for validation (``validation="auto"``).
+VALIDATION_SHARE = 0.2
+
 #: Foreground thresholds tried on validation images when none is given.
 CANDIDATE_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))
 
@@ -92,8 +95,11 @@ class TrainConfig:
         segment have the magnification of the annotated ones; use
         :data:`MULTI_SCALE` when they do not (see docs/benchmarks.md).
     validation : {"auto", "none"}
-        ``"auto"`` holds out the last annotated image when there are >= 2
-        (unless validation data is given).
+        ``"auto"`` (unless validation data is given) holds out a band at the
+        far end of every annotated image, a fifth of its annotated pixels
+        (:func:`validation_band`); the rest trains. It picks the best model
+        and its threshold; holding out whole images instead lost training
+        data that few-shot training needs (docs/benchmarks.md).
     validate_every : int
         Steps between validations (and checkpoints).
     patience : int, optional
@@ -205,6 +211,53 @@ class _ValImage:
     known: np.ndarray
 
 
+def validation_band(
+    labels: ArrayLike, mask: ArrayLike | None = None, *, share: float = VALIDATION_SHARE
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Split an annotated region into a training part and a validation band.
+
+    The band runs across the image's longer axis at its end and holds about
+    ``share`` of the annotated pixels, so every annotated image still trains
+    on the rest and is scored on data it did not learn from.
+
+    Parameters
+    ----------
+    labels : array of shape (M, N)
+        Instance labels (0 = background).
+    mask : bool array of shape (M, N), optional
+        Annotated region (None = the whole image).
+    share : float
+        Fraction of the annotated pixels in the band.
+
+    Returns
+    -------
+    (train, band) : pair of bool arrays of shape (M, N), or None
+        None when either part would hold no cell.
+
+    Examples
+    --------
+    >>> labels = np.zeros((10, 4), int); labels[1, 1] = 1; labels[9, 2] = 2
+    >>> train, band = validation_band(labels)
+    >>> int(train.sum()), int(band.sum())
+    (32, 8)
+    """
+    cells = np.asarray(labels) > 0
+    known = np.ones(cells.shape, bool) if mask is None else np.asarray(mask, bool)
+    axis = 0 if cells.shape[0] >= cells.shape[1] else 1
+    per_line = np.cumsum(known.sum(axis=1 - axis))
+    cut = int(np.searchsorted(per_line, (1 - share) * per_line[-1], side="right"))
+    band = np.zeros(cells.shape, bool)
+    if axis == 0:
+        band[cut:] = True
+    else:
+        band[:, cut:] = True
+    band &= known
+    train = known & ~band
+    if not cells[train].any() or not cells[band].any():
+        return None
+    return train, band
+
+
 def _as_list(items: ArrayLike | Sequence[ArrayLike] | None, n: int, name: str) -> list[Any]:
     if items is None:
         return [None] * n
@@ -227,7 +280,15 @@ def _val_image(
         separate=False,
     )
     known = sample.known
-    return _ValImage(sample.image, np.where(known, sample.labels, 0), known)
+    # keep the annotated region and the context the network needs around it
+    rows, cols = (np.flatnonzero(known.any(axis=a)) for a in (1, 0))
+    crop = tuple(
+        slice(max(idx[0] - model.margin, 0), idx[-1] + 1 + model.margin) for idx in (rows, cols)
+    )
+    known = known[crop]
+    return _ValImage(
+        sample.image[(slice(None), *crop)], np.where(known, sample.labels[crop], 0), known
+    )
 
 
 def evaluate(
@@ -330,8 +391,8 @@ def iter_train(
     checkpoint : path-like, optional
         Model file written atomically at every improvement.
     validation_images, validation_labels : sequences, optional
-        Validation data; if empty and ``config.validation == "auto"``, the
-        last annotated image is held out when there are >= 2.
+        Validation data; if empty and ``config.validation == "auto"``, a
+        band of every annotated image is held out (:func:`validation_band`).
     should_stop : callable, optional
         Polled after every step; training ends (keeping the best model) when
         it returns True.
@@ -375,9 +436,12 @@ def iter_train(
             strict=True,
         )
     ]
-    if not val and config.validation == "auto" and len(images) >= 2:
-        val = [_val_image(images[-1], labels[-1], masks[-1], net)]
-        images, labels, masks = images[:-1], labels[:-1], masks[:-1]
+    if not val and config.validation == "auto":
+        for i, (image, label, mask) in enumerate(zip(images, labels, masks, strict=True)):
+            parts = validation_band(label, mask)
+            if parts is not None:
+                masks[i] = parts[0]
+                val.append(_val_image(image, label, parts[1], net))
     samples, scale_weights = _training_samples(images, labels, masks, net, config)
 
     patch = net.valid_input_size(config.patch_size)
