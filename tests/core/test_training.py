@@ -201,22 +201,28 @@ def test_sparse_annotation_and_time_budget(data):
     assert result.stopped == "time" and result.elapsed < 10
 
 
-def test_scale_augmentation_uses_every_zoom(data, monkeypatch):
-    train_set, _ = data
-    drawn = []
+@pytest.fixture
+def samplers(monkeypatch):
+    """Every PatchSampler built during the test."""
+    made = []
     original = PatchSampler.__init__
 
-    def spy(self, samples, *args, **kwargs):
-        original(self, samples, *args, **kwargs)
-        drawn.append(([s.image.shape[-1] for s in samples], self._p))
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self)
 
     monkeypatch.setattr(PatchSampler, "__init__", spy)
+    return made
+
+
+def test_scale_augmentation_uses_every_zoom(data, samplers):
+    train_set, _ = data
     config = TrainConfig(steps=2, depth=3, base_channels=4, patch_size=92, scales=(0.5, 1, 2))
     result = train(train_set[:1], [train_set[0][1]], config=config, device="cpu")
     assert result.steps == 2
-    sizes, p = drawn[0]
-    assert sizes == [64, 128, 256]
-    np.testing.assert_allclose(p, 1 / 3, rtol=0.05)  # each zoom drawn equally often
+    assert [s.image.shape[-1] for s in samplers[0].samples] == [64, 128, 256]
+    # each zoom drawn equally often
+    np.testing.assert_allclose(samplers[0]._p, 1 / 3, rtol=0.05)
     with pytest.raises(ValueError, match="scales"):
         TrainConfig(scales=())
 
@@ -313,22 +319,14 @@ def test_validation_band_holds_a_share_of_the_annotation():
     assert training.validation_band(np.where(labels > 50, labels, 0)) is None  # none to train
 
 
-def test_auto_validation_scores_a_band_of_every_image_and_trains_on_the_rest(data, monkeypatch):
+def test_auto_validation_scores_a_band_of_every_image_and_trains_on_the_rest(data, samplers):
     train_set, _ = data
-    seen = []
-    original = PatchSampler.__init__
-
-    def spy(self, samples, *args, **kwargs):
-        original(self, samples, *args, **kwargs)
-        seen.extend(samples)
-
-    monkeypatch.setattr(PatchSampler, "__init__", spy)
     images, labels = zip(*train_set[:2], strict=True)
     config = TrainConfig(steps=2, batch_size=1, patch_size=92, depth=3, base_channels=4)
     result = train(images, labels, config=config, device="cpu")
     assert result.model.metadata["training"]["n_validation"] == 2
     assert result.best_score is not None and result.threshold in CANDIDATE_THRESHOLDS
-    for sample in seen:  # 128 x 128: the last ~26 rows are held out
+    for sample in samplers[0].samples:  # 128 x 128: the last ~26 rows are held out
         assert (sample.weights[:100] > 0).all() and not sample.weights[104:].any()
     none = TrainConfig(**{**config.__dict__, "validation": "none"})
     assert train(images, labels, config=none, device="cpu").best_score is None
