@@ -233,6 +233,8 @@ def test_scale_augmentation_uses_every_zoom(data, samplers):
         ({"images": []}, "no training images"),
         ({"labels": [np.zeros((64, 64), int)]}, "no cells"),
         ({"masks": [None, None]}, "masks"),
+        ({"masks": [np.ones((64, 32), bool)]}, "same shape"),
+        ({"labels": [np.ones((64, 32), int)]}, "differs from the image"),
     ],
 )
 def test_bad_training_input(kwargs, match):
@@ -317,6 +319,8 @@ def test_validation_band_holds_a_share_of_the_annotation():
     top_only = np.where(np.arange(100)[:, None] < 50, labels, 0)
     assert training.validation_band(top_only) is None  # no cell to validate on
     assert training.validation_band(np.where(labels > 50, labels, 0)) is None  # none to train
+    with pytest.raises(ValueError, match="same shape"):
+        training.validation_band(labels, mask.T)
 
 
 def test_auto_validation_scores_a_band_of_every_image_and_trains_on_the_rest(data, samplers):

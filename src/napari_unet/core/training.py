@@ -243,6 +243,11 @@ def validation_band(
     """
     cells = np.asarray(labels) > 0
     known = np.ones(cells.shape, bool) if mask is None else np.asarray(mask, bool)
+    if known.shape != cells.shape or cells.ndim != 2:
+        raise ValueError(
+            f"`labels` must be 2D and `mask` of the same shape, got {cells.shape} and "
+            f"{known.shape}"
+        )
     axis = 0 if cells.shape[0] >= cells.shape[1] else 1
     per_line = np.cumsum(known.sum(axis=1 - axis))
     cut = int(np.searchsorted(per_line, (1 - share) * per_line[-1], side="right"))
