@@ -234,3 +234,13 @@ def test_widget_modules_import_without_torch():
         "assert not heavy, heavy\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_validation_message_follows_the_run_not_the_checkbox(annotated, qtbot):
+    widget = open_train(annotated, steps=2, validate=False)
+    widget.start()
+    assert "held out" not in widget.status.value
+    widget.validate.value = True  # ticked while training: the run is unchanged
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert widget.last_result.best_score is None
+    assert widget.status.value.endswith("; no validation.")

@@ -312,7 +312,9 @@ class TrainWidget(Container):
         worker.finished.connect(self._on_finished)
         self._worker = worker
         self._set_running(True)
-        held_out = " (a fifth of each held out for validation)" if self.validate.value else ""
+        held_out = (
+            " (a fifth of each held out for validation)" if config.validation == "auto" else ""
+        )
         self.status.value = (
             f"Training on {len(crops)} example(s){held_out}; the best model so far is "
             f"autosaved to {autosave_path()}…"
@@ -564,9 +566,11 @@ class TrainWidget(Container):
                 f"{result.threshold:.2f}) at step {result.best_step}"
             )
         else:
+            # the run's own setting: the checkbox may have changed since it started
+            wanted = result.model.metadata["training"]["config"]["validation"] == "auto"
             score = "no validation" + (
                 " (no example had cells both in its held-out fifth and in the rest)"
-                if self.validate.value
+                if wanted
                 else ""
             )
         summary = f"{result.steps} steps in {format_duration(result.elapsed)}"
