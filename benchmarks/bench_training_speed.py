@@ -1,7 +1,7 @@
 """Training steps per second: float32 vs mixed precision, in the same run.
 
 Times the real training loop (:func:`napari_unet.core.iter_train`: patch
-sampling, augmentation, forward, backward, Adam) on synthetic touching nuclei
+sampling, augmentation, forward, backward, Adam) on synthetic touching cells
 with the default network (base 16, depth 4, batch norm, 380-px patches,
 batch 2), once with ``mixed_precision=False`` and once with the default
 (bfloat16 autocast where the CPU computes it natively, or on CUDA), and prints
@@ -17,19 +17,16 @@ import time
 
 import numpy as np
 import torch
+from bench_weightmap import touching_cells  # this folder is on sys.path when run
 
 from napari_unet.core.device import autocast_dtype, select_device
 from napari_unet.core.training import TrainConfig, iter_train
 
 
 def nuclei(seed: int, size: int = 512, n: int = 120) -> tuple[np.ndarray, np.ndarray]:
-    """Touching discs with noise, and their instance labels."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    labels = np.zeros((size, size), np.int32)
-    for i, (cy, cx) in enumerate(rng.uniform(0, size, (n, 2))):
-        labels[np.hypot(yy - cy, xx - cx) < rng.uniform(8, 16)] = i + 1
-    image = (labels > 0) + rng.normal(0, 0.3, labels.shape)
+    """A noisy image of touching cells, and their instance labels."""
+    labels = touching_cells(size, n, seed)
+    image = (labels > 0) + np.random.default_rng(seed).normal(0, 0.3, labels.shape)
     return image.astype(np.float32), labels
 
 

@@ -290,10 +290,8 @@ def _val_image(
     crop = tuple(
         slice(max(idx[0] - model.margin, 0), idx[-1] + 1 + model.margin) for idx in (rows, cols)
     )
-    known = known[crop]
-    return _ValImage(
-        sample.image[(slice(None), *crop)], np.where(known, sample.labels[crop], 0), known
-    )
+    # prepare_sample already set the labels outside the annotated region to 0
+    return _ValImage(sample.image[(slice(None), *crop)], sample.labels[crop], known[crop])
 
 
 def evaluate(
