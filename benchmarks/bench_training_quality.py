@@ -99,6 +99,8 @@ def main() -> None:
     parser.add_argument("--cpu-seconds", type=float, default=600.0)
     parser.add_argument("--steps", type=int, help="fixed step budget (skips the calibration)")
     parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--elastic-sigma", type=float, default=10.0)
+    parser.add_argument("--depth", type=int, default=4)
     parser.add_argument("--patch-size", type=int, default=380)
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -134,6 +136,8 @@ def main() -> None:
         "optimizer": args.optimizer,
         "dice_weight": args.dice_weight,
         "base_channels": args.base_channels,
+        "depth": args.depth,
+        "elastic_sigma": args.elastic_sigma,
         "weighting": args.weighting,
         "validation": args.validation,
         "norm": None if args.norm == "none" else args.norm,
@@ -175,6 +179,8 @@ def main() -> None:
             "model_threshold": threshold == own,
             "expand": expand,
             "base_channels": args.base_channels,
+            "depth": args.depth,
+            "elastic_sigma": args.elastic_sigma,
             "patch_size": args.patch_size,
             "batch_size": args.batch_size,
             "lr": args.lr,
