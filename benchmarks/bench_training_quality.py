@@ -39,15 +39,26 @@ def load(folder: Path, ids: list[str]) -> tuple[list[np.ndarray], list[np.ndarra
     return images, masks
 
 
-def split(dataset: str, n_test: int, seed: int) -> tuple[Path, list[str], list[str]]:
+def split(
+    dataset: str, n_train: int | None, n_test: int, seed: int
+) -> tuple[Path, list[str], list[str]]:
+    """Training and test image ids (ISBI: the first slices and the last ones)."""
     if dataset == "isbi":
         folder = DATA / "isbi2012_em_membranes"
         ids = sorted((p.stem for p in (folder / "images").glob("*.tif")), key=int)
-        return folder, ids[:2], ids[-n_test:]
+        train_ids, test_ids = ids[: n_train or 2], ids[-n_test:]
+        if set(train_ids) & set(test_ids):
+            sys.exit(f"{len(train_ids)} training and {n_test} test slices overlap")
+        return folder, train_ids, test_ids
     folder = DATA / "dsb2018_nuclei_train"
     ids = sorted(p.stem for p in (folder / "images").glob("*.tif"))
     order = np.random.default_rng(seed).permutation(len(ids))
-    return folder, [ids[i] for i in order[:5]], [ids[i] for i in order[5 : 5 + n_test]]
+    n_train = n_train or 5
+    return (
+        folder,
+        [ids[i] for i in order[:n_train]],
+        [ids[i] for i in order[n_train : n_train + n_test]],
+    )
 
 
 def calibrate(images: list, masks: list, settings: dict, cpu_seconds: float) -> int:
@@ -110,6 +121,9 @@ def main() -> None:
     parser.add_argument("--validation", default="none", choices=["none", "auto"])
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--n-train", type=int, help="training images (default: 2 ISBI slices, 5 DSB images)"
+    )
     parser.add_argument("--n-test", type=int, default=20)
     parser.add_argument("--expand", type=int, nargs="+", default=[0, 1])
     parser.add_argument(
@@ -127,7 +141,7 @@ def main() -> None:
     if not DATA.is_dir():
         sys.exit(f"real data not found at {DATA}")
 
-    folder, train_ids, test_ids = split(args.dataset, args.n_test, args.seed)
+    folder, train_ids, test_ids = split(args.dataset, args.n_train, args.n_test, args.seed)
     images, masks = load(folder, train_ids)
     settings = {
         "batch_size": args.batch_size,
