@@ -58,7 +58,8 @@ def main() -> None:
         cpu, wall = per_step(mixed, args.device, args.steps)
         results[mixed] = wall
         name = "mixed precision" if mixed else "float32"
-        print(f"  {name:15s}: {cpu:.3f} CPU-s/step, {wall:.3f} s/step, {2 / wall:.1f} patches/s")
+        patches = TrainConfig().batch_size / wall
+        print(f"  {name:15s}: {cpu:.3f} CPU-s/step, {wall:.3f} s/step, {patches:.1f} patches/s")
     print(f"  speed-up (float32 / mixed): {results[False] / results[True]:.2f}x")
 
 
