@@ -35,6 +35,9 @@ _EXPORTS = {
     "TrainProgress": "training",
     "TrainResult": "training",
     "instance_scores": "metrics",
+    "seg_score": "metrics",
+    "pretrained_models": "pretrained",
+    "load_pretrained": "pretrained",
     "foreground_iou": "metrics",
     "predict_dask": "distributed",
     "open_image": "io",
@@ -74,9 +77,10 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.distributed import predict_dask
     from napari_unet.core.io import open_image
     from napari_unet.core.losses import weighted_cross_entropy
-    from napari_unet.core.metrics import foreground_iou, instance_scores
+    from napari_unet.core.metrics import foreground_iou, instance_scores, seg_score
     from napari_unet.core.model import UNet, UNetConfig, output_size, valid_input_size
     from napari_unet.core.postprocess import probabilities_to_labels
+    from napari_unet.core.pretrained import load_pretrained, pretrained_models
     from napari_unet.core.preprocess import Normalization, normalize
     from napari_unet.core.segment import PlaneDone, iter_segment
     from napari_unet.core.tiling import (

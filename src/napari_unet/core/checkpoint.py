@@ -21,6 +21,7 @@ import torch
 
 import napari_unet
 from napari_unet.core.model import UNet, UNetConfig
+from napari_unet.core.pretrained import available_names, model_file
 from napari_unet.core.preprocess import Normalization
 
 FORMAT = "napari-unet/model"
@@ -36,6 +37,7 @@ def save_model(
     model: UNet,
     *,
     normalization: Normalization | None = None,
+    half: bool = False,
     **metadata: Any,
 ) -> Path:
     """Save ``model`` to ``path`` atomically.
@@ -49,6 +51,9 @@ def save_model(
         ``metadata`` are stored.
     normalization : Normalization, optional
         Overrides ``model.normalization``.
+    half : bool
+        Store floating-point weights as float16 (half the size; they load
+        back as float32), as the bundled models are.
     **metadata
         Extra JSON-serializable information (training images, steps, scores),
         merged over ``model.metadata``.
@@ -65,7 +70,10 @@ def save_model(
     except TypeError as err:
         raise ValueError(f"metadata must be JSON-serializable: {err}") from None
     norm = normalization or model.normalization
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    state = {}
+    for key, value in model.state_dict().items():
+        dtype = torch.float16 if half and value.is_floating_point() else value.dtype
+        state[key] = value.detach().cpu().to(dtype).clone()
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -90,10 +98,15 @@ def save_model(
 
 
 def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and validate the raw contents of a model file without building the model."""
-    path = Path(path)
+    """Read and validate the raw contents of a model file without building the model.
+
+    ``path`` may also be a bundled model's name (see :mod:`napari_unet.core.pretrained`).
+    """
+    path = model_file(path)
     if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+        raise ModelFileError(
+            f"model file not found: {path} (bundled models: {available_names()})"
+        )
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a napari-unet model file (corrupt or another format)")
     try:
@@ -124,6 +137,9 @@ def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike[str]) -> UNet:
     """Load a model saved by :func:`save_model`, without executing code from the file.
+
+    ``path`` is a model file or the name of a bundled model (``"nuclei"``,
+    see :func:`~napari_unet.core.pretrained_models`); an existing file wins.
 
     Returns
     -------

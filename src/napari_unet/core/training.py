@@ -489,6 +489,34 @@ def iter_train(
             "threshold": best_threshold,
         }
 
+    def validate(at: int, record: dict[str, Any]) -> tuple[dict[str, float] | None, bool]:
+        """Score the network on the validation images; keep (and save) it if it is the best."""
+        nonlocal best_step, best_state, best_score, best_threshold, stale, validated
+        validated, validation = at, None
+        if val:
+            net.eval()
+            validation = evaluate(
+                net, val, device=dev, thresholds=thresholds, min_size=config.min_size
+            )
+            record.update(validation)
+            improved = best_score is None or validation["score"] > best_score
+            stale = 0 if improved else stale + 1
+        else:
+            improved = True  # without validation the latest model is the best
+        if improved:
+            best_step, best_state = at, copy.deepcopy(net.state_dict())
+            best_score = validation["score"] if validation else None
+            if validation:
+                best_threshold = validation["threshold"]
+            if checkpoint is not None and at > 0:
+                save_model(checkpoint, net, **metadata())
+        return validation, improved
+
+    validated = -1
+    if model is not None and val:
+        # fine-tuning keeps the starting model unless training beats it on validation
+        history.append({"step": 0})
+        validate(0, history[0])
     step = 0
     for step in range(1, config.steps + 1):
         elapsed = time.perf_counter() - start
@@ -510,23 +538,7 @@ def iter_train(
 
         validation, improved = None, False
         if step % config.validate_every == 0 or step == config.steps:
-            if val:
-                net.eval()
-                validation = evaluate(
-                    net, val, device=dev, thresholds=thresholds, min_size=config.min_size
-                )
-                record.update(validation)
-                improved = best_score is None or validation["score"] > best_score
-                stale = 0 if improved else stale + 1
-            else:
-                improved = True  # without validation the latest model is the best
-            if improved:
-                best_step, best_state = step, copy.deepcopy(net.state_dict())
-                best_score = validation["score"] if validation else None
-                if validation:
-                    best_threshold = validation["threshold"]
-                if checkpoint is not None:
-                    save_model(checkpoint, net, **metadata())
+            validation, improved = validate(step, record)
         history.append(record)
 
         elapsed = time.perf_counter() - start
@@ -544,9 +556,9 @@ def iter_train(
             stopped = "early"
             break
 
+    if val and validated != step:  # stopped between validations: score the last step too
+        validate(step, history[-1])
     if best_step != step and not val:
-        best_step, best_state = step, copy.deepcopy(net.state_dict())
-    if best_step == 0:  # stopped before the first validation: keep what we have
         best_step, best_state = step, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     net = net.cpu().eval()
