@@ -127,6 +127,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             split=args.split,
             expand=args.expand,
             tta=args.tta,
+            diameter=args.diameter,
         )
         cells = 0
         try:
@@ -222,8 +223,40 @@ def _read_pairs(images: list[str], labels: list[str]) -> tuple[list, list]:
     return crops_img, crops_lab
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+def _bundled_names() -> str:
+    from napari_unet.core.pretrained import available_names
+
+    return available_names()
+
+
+def _starting_model(args: argparse.Namespace, images: list, labels: list) -> Any:
+    """The model ``train`` fine-tunes (None: a new one); says on stderr which and why."""
     from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.pretrained import SCRATCH, default_start
+
+    start = args.from_model
+    if start is None:
+        channels = 1 if images[0].ndim == 2 else images[0].shape[0]
+        if args.base_channels is not None or args.depth is not None:
+            start, why = SCRATCH, "architecture options given"
+        else:
+            start = default_start(labels, channels) or SCRATCH
+            why = (
+                "the labels are instances"
+                if start != SCRATCH
+                else "the labels are binary masks"
+                if channels == 1
+                else f"the images have {channels} channels"
+            )
+        what = "a new model" if start == SCRATCH else f"from the bundled '{start}' model"
+        print(
+            f"napari-unet: training {what} ({why}); --from MODEL or --from scratch to change",
+            file=sys.stderr,
+        )
+    return None if start == SCRATCH else load_model(start)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
     from napari_unet.core.training import MULTI_SCALE, TrainConfig, iter_train
 
     out = Path(args.out)
@@ -235,7 +268,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     images, labels = _read_pairs(args.image, args.labels)
     val_images, val_labels = _read_pairs(args.validation_image, args.validation_labels)
-    model = load_model(args.from_model) if args.from_model else None
+    model = _starting_model(args, images, labels)
+    defaults = TrainConfig()
     config = TrainConfig(
         steps=args.steps,
         minutes=args.minutes,
@@ -243,8 +277,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         patch_size=args.patch_size,
         learning_rate=args.lr,
-        base_channels=args.base_channels,
-        depth=args.depth,
+        base_channels=args.base_channels or defaults.base_channels,
+        depth=args.depth or defaults.depth,
         weighting=args.weighting,
         w0=args.w0,
         sigma=args.sigma,
@@ -371,7 +405,12 @@ def build_parser() -> argparse.ArgumentParser:
         "overlap-tile inference and write instance labels (uint32) to OUTPUT.",
         formatter_class=_Formatter,
     )
-    p.add_argument("model", metavar="MODEL", help="model file (.pt) from `napari-unet train`")
+    p.add_argument(
+        "model",
+        metavar="MODEL",
+        help="model file (.pt) from `napari-unet train`, or a bundled model's name "
+        f"({_bundled_names()})",
+    )
     p.add_argument("input", metavar="INPUT", help="image: .tif/.tiff or .zarr")
     p.add_argument("output", metavar="OUTPUT", help="labels: .tif/.tiff or .zarr")
     p.add_argument("--probabilities", metavar="PROB", help="also write class probabilities here")
@@ -385,6 +424,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="foreground probability cut (default: the model's, chosen on validation "
         "images in training, else 0.5)",
+    )
+    p.add_argument(
+        "--diameter",
+        type=float,
+        help="typical object diameter in INPUT (px): the image is rescaled so objects have "
+        "the size the model was trained on (default: no rescaling)",
     )
     p.add_argument("--min-size", type=int, default=16, help="remove smaller objects (pixels)")
     p.add_argument("--split", action="store_true", help="watershed-split touching cells")
@@ -428,16 +473,34 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--image", action="append", required=True, help="training image (repeat)")
     t.add_argument("--labels", action="append", required=True, help="its labels (repeat)")
     t.add_argument("--out", required=True, metavar="MODEL", help="model file to write (.pt)")
-    t.add_argument("--from", dest="from_model", metavar="MODEL", help="fine-tune this model")
+    t.add_argument(
+        "--from",
+        dest="from_model",
+        metavar="MODEL",
+        help="fine-tune this model file or bundled model; 'scratch' trains a new one "
+        "(default: the bundled 'nuclei' model for instance labels on single-channel images, "
+        "else scratch)",
+    )
     t.add_argument("--steps", type=int, default=1000, help="optimisation steps")
     t.add_argument("--minutes", type=float, help="wall-time budget")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    t.add_argument("--base-channels", type=int, default=16, help="channels of the first level")
-    t.add_argument("--depth", type=int, default=4, help="number of poolings")
+    t.add_argument(
+        "--base-channels",
+        type=int,
+        help="channels of the first level of a new model (implies --from scratch; default 16)",
+    )
+    t.add_argument(
+        "--depth", type=int, help="poolings of a new model (implies --from scratch; default 4)"
+    )
     t.add_argument("--batch-size", type=int, default=2, help="patches per step")
     t.add_argument("--patch-size", type=int, default=380, help="input patch edge (pixels)")
-    t.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (Adam)")
+    t.add_argument(
+        "--lr",
+        type=float,
+        help="initial learning rate (Adam; default: 1e-3 from scratch, the fine-tuning rate "
+        "of TrainConfig otherwise)",
+    )
     t.add_argument(
         "--weighting",
         choices=["border", "unet", "balanced", "none"],

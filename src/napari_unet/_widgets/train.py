@@ -30,6 +30,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_unet._widgets._session import METADATA_KEY, get_session
 from napari_unet._widgets._settings import autosave_path, load_settings, save_settings
+from napari_unet.core.pretrained import SCRATCH, default_start, pretrained_models
 
 if TYPE_CHECKING:
     import napari
@@ -39,9 +40,10 @@ if TYPE_CHECKING:
     from napari_unet.core.model import UNet
     from napari_unet.core.training import TrainConfig, TrainProgress, TrainResult
 
-#: "Start from" choices: (label shown, value).
+#: "Start from" choices: (label shown, value); a bundled model's value is its name.
 START_CHOICES = [
-    ("scratch (new network)", "scratch"),
+    *((f"{name} (bundled model)", name) for name in pretrained_models()),
+    ("scratch (new network)", SCRATCH),
     ("current model", "current"),
     ("model file", "file"),
 ]
@@ -99,7 +101,9 @@ class TrainWidget(Container):
     all_layers : CheckBox
         Also use every other annotated Labels layer of the viewer.
     start_from : ComboBox
-        ``"scratch"``, ``"current"`` (the session's model) or ``"file"``.
+        A bundled model's name (e.g. ``"nuclei"``), ``"scratch"``, ``"current"``
+        (the session's model) or ``"file"``. Until the user picks one, it follows
+        :func:`~napari_unet.core.pretrained.default_start` of the annotations.
     steps, minutes : SpinBox, FloatSpinBox
         Budget: optimisation steps and wall time (0 = no time limit).
     plot : TrainingPlot
@@ -116,6 +120,8 @@ class TrainWidget(Container):
         self._job_layers: list[str] = []
         self._hooked_labels: Any = None
         self._hooked_regions: Any = None
+        self._start_picked = False  # the user chose "Start from": keep it
+        self._job_start: str | None = None
         self.last_result: TrainResult | None = None
         settings = load_settings()
 
@@ -123,7 +129,15 @@ class TrainWidget(Container):
         self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
         self.all_layers = CheckBox(text="Also use other annotated layers", value=False)
         self.data_info = Label(value="", label="Training data")
-        self.start_from = ComboBox(choices=START_CHOICES, value="scratch", label="Start from")
+        self.start_from = ComboBox(
+            choices=START_CHOICES,
+            value=SCRATCH,
+            label="Start from",
+            tooltip="Fine-tune a bundled model (the default for instance labels: "
+            "few annotations go a long way), train a new network (the default for "
+            "binary masks), or continue from the current model or a model file.\n"
+            + "\n".join(f"{name}: {text}" for name, text in pretrained_models().items()),
+        )
         self.model_file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
         self.steps = SpinBox(
             value=int(settings["steps"]), min=1, max=1_000_000, step=50, label="Steps"
@@ -243,7 +257,7 @@ class TrainWidget(Container):
         self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self._on_save_clicked)
         get_session(viewer).model_changed.connect(self._on_model_changed)
-        self._on_start_from_changed()
+        self._show_start()
         self._on_labels_changed()
 
     # -- public API -------------------------------------------------------
@@ -274,8 +288,9 @@ class TrainWidget(Container):
             raise ValueError("training is already running")
         self.update_summary()
         crops, sources = self._collect_crops()
-        model = self._starting_model()
         channels = 1 if crops[0].image.ndim == 2 else crops[0].image.shape[0]
+        self._set_default_start([c.labels for c in crops], channels)
+        model = self._starting_model()
         if model is not None and model.in_channels != channels:
             raise ValueError(
                 f"the starting model expects {model.in_channels} channel(s) but the image has "
@@ -293,6 +308,7 @@ class TrainWidget(Container):
 
         self._stop_event.clear()
         self._job_layers = sources
+        self._job_start = self._start_name()
         self.plot.clear()
         worker = create_worker(
             iter_train,
@@ -315,8 +331,9 @@ class TrainWidget(Container):
         held_out = (
             " (a fifth of each held out for validation)" if config.validation == "auto" else ""
         )
+        how = f"Fine-tuning {self._job_start}" if self._job_start else "Training a new network"
         self.status.value = (
-            f"Training on {len(crops)} example(s){held_out}; the best model so far is "
+            f"{how} on {len(crops)} example(s){held_out}; the best model so far is "
             f"autosaved to {autosave_path()}…"
         )
         worker.start()
@@ -432,6 +449,10 @@ class TrainWidget(Container):
 
     def _starting_model(self) -> UNet | None:
         choice = self.start_from.value
+        if choice in pretrained_models():
+            from napari_unet.core.pretrained import load_pretrained
+
+            return load_pretrained(choice)
         if choice == "current":
             model = get_session(self._viewer).model
             if model is None:
@@ -444,6 +465,17 @@ class TrainWidget(Container):
                 raise ValueError("choose a model file to start from")
             return load_model(self.model_file.value)
         return None
+
+    def _start_name(self) -> str | None:
+        """The chosen start as messages name it ("the bundled nuclei model"); None: scratch."""
+        choice = self.start_from.value
+        if choice == SCRATCH:
+            return None
+        if choice == "current":
+            return "the current model"
+        if choice == "file":
+            return Path(self.model_file.value).name
+        return f"the bundled {choice} model"
 
     def _config(self) -> TrainConfig:
         from napari_unet.core.training import MULTI_SCALE, TrainConfig
@@ -487,15 +519,37 @@ class TrainWidget(Container):
         labels = self.labels_layer.value
         if self._hooked_labels is not None:
             self._hooked_labels.events.metadata.disconnect(self.update_summary)
+            self._hooked_labels.events.metadata.disconnect(self._on_labels_metadata)
         self._hooked_labels = labels
         if labels is not None:
             labels.events.metadata.connect(self.update_summary)
+            labels.events.metadata.connect(self._on_labels_metadata)
             name = (labels.metadata.get(METADATA_KEY) or {}).get("image")
             if name in self._viewer.layers:
                 image = self._viewer.layers[name]
                 if image in self.image_layer.choices:
                     self.image_layer.value = image
+        self._on_labels_metadata()
         self.update_summary()
+
+    def _on_labels_metadata(self, event: Any = None) -> None:
+        """Follow the default start of the annotated planes (e.g. one was just marked)."""
+        labels, image = self.labels_layer.value, self.image_layer.value
+        if labels is None:
+            return
+        planes = (labels.metadata.get(METADATA_KEY) or {}).get("planes", [])
+        data = labels.data
+        annotated = [data[p] for p in planes] if planes and data.ndim == 3 else [data]
+        channels = image.data.shape[-1] if image is not None and image.rgb else 1
+        self._set_default_start(annotated, channels)
+
+    def _set_default_start(self, labels: list[Any], channels: int) -> None:
+        """Start from the default for ``labels`` unless the user picked a start by hand."""
+        if self._start_picked:
+            return
+        with self.start_from.changed.blocked():
+            self.start_from.value = default_start(labels, channels) or SCRATCH
+        self._show_start()
 
     def update_summary(self, event: Any = None) -> str:
         """Describe what the chosen Labels layer marks as annotated (shown in the form)."""
@@ -524,9 +578,13 @@ class TrainWidget(Container):
         return text
 
     def _on_start_from_changed(self, value: Any = None) -> None:
+        self._start_picked = True
+        self._show_start()
+
+    def _show_start(self) -> None:
         choice = self.start_from.value
         self.model_file.visible = choice == "file"
-        self.base_channels.enabled = choice == "scratch"
+        self.base_channels.enabled = choice == SCRATCH
 
     def _on_weighting_changed(self, value: Any = None) -> None:
         self.w0.enabled = self.sigma.enabled = self.weighting.value != "none"
@@ -573,10 +631,11 @@ class TrainWidget(Container):
                 if wanted
                 else ""
             )
-        summary = f"{result.steps} steps in {format_duration(result.elapsed)}"
+        how = f"fine-tuned {self._job_start}" if self._job_start else "trained from scratch"
+        summary = f"{how}, {result.steps} steps in {format_duration(result.elapsed)}"
         self.status.value = f"Done ({reason}): {summary}; {score}."
         show_info(
-            f"U-Net training finished ({reason}): {score}; {summary}. It is now the current "
+            f"U-Net training finished ({reason}): {summary}; {score}. It is now the current "
             "model for '4. Predict'; use 'Save model…' to keep it."
         )
 
@@ -603,4 +662,4 @@ class TrainWidget(Container):
         ):
             widget.enabled = not running
         if not running:
-            self._on_start_from_changed()
+            self._show_start()

@@ -80,8 +80,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.metrics import foreground_iou, instance_scores, seg_score
     from napari_unet.core.model import UNet, UNetConfig, output_size, valid_input_size
     from napari_unet.core.postprocess import probabilities_to_labels
-    from napari_unet.core.pretrained import load_pretrained, pretrained_models
     from napari_unet.core.preprocess import Normalization, normalize
+    from napari_unet.core.pretrained import load_pretrained, pretrained_models
     from napari_unet.core.segment import PlaneDone, iter_segment
     from napari_unet.core.tiling import (
         TestTimeAugmentation,

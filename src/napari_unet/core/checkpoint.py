@@ -21,8 +21,8 @@ import torch
 
 import napari_unet
 from napari_unet.core.model import UNet, UNetConfig
-from napari_unet.core.pretrained import available_names, model_file
 from napari_unet.core.preprocess import Normalization
+from napari_unet.core.pretrained import available_names, model_file
 
 FORMAT = "napari-unet/model"
 FORMAT_VERSION = 1
@@ -104,9 +104,7 @@ def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = model_file(path)
     if not path.is_file():
-        raise ModelFileError(
-            f"model file not found: {path} (bundled models: {available_names()})"
-        )
+        raise ModelFileError(f"model file not found: {path} (bundled models: {available_names()})")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a napari-unet model file (corrupt or another format)")
     try:
@@ -173,3 +171,16 @@ def suggested_threshold(model: UNet) -> float:
     if isinstance(value, int | float) and 0 < value < 1:
         return float(value)
     return 0.5
+
+
+def suggested_diameter(model: UNet) -> float | None:
+    """Median diameter (px) of the objects ``model`` was trained on, if it knows it.
+
+    Training records it (:func:`~napari_unet.core.postprocess.object_diameter`
+    of the annotated cells); prediction with a ``diameter`` rescales the image
+    by ``suggested_diameter(model) / diameter``.
+    """
+    value = model.metadata.get("diameter")
+    if isinstance(value, int | float) and value > 0:
+        return float(value)
+    return None

@@ -38,6 +38,7 @@ import torch
 from napari_unet.core.checkpoint import load_model
 from napari_unet.core.device import select_device
 from napari_unet.core.model import UNet
+from napari_unet.core.pretrained import model_file
 from napari_unet.core.tiling import (
     as_channels_first,
     auto_batch_size,
@@ -225,9 +226,11 @@ def predict_dask(
     Parameters
     ----------
     model : UNet or path-like
-        The network, or a model file from :func:`~napari_unet.core.save_model`.
-        Give a path to run on a cluster: only the path travels, and each
-        worker process loads the file once (it must be readable there). A
+        The network, a model file from :func:`~napari_unet.core.save_model` or
+        a bundled model's name (``"nuclei"``, resolved to its file in the
+        installed package). Give a path or name to run on a cluster: only
+        the path travels, and each worker process loads the file once (it
+        must be readable there). A
         UNet is copied (in eval mode) when the graph is built, so later
         changes to it do not affect the result.
     array : dask, zarr or numpy array of shape (..., M, N), or (..., C, M, N)
@@ -268,7 +271,7 @@ def predict_dask(
     import dask.array as da
 
     if isinstance(model, str | os.PathLike):
-        spec: ModelSpec = str(Path(model).resolve())
+        spec: ModelSpec = str(model_file(model).resolve())
         if not Path(spec).is_file():
             load_model(spec)  # raises ModelFileError (not found)
         net = _load_cached(spec, os.stat(spec).st_mtime_ns)

@@ -286,7 +286,7 @@ def seg_score(true: ArrayLike, pred: ArrayLike) -> float:
     0.3333333333333333
     """
     true_arr, pred_arr = _check_pair(true, pred)
-    n_true, _, rows, _, iou, cover = _pairwise_iou(true_arr, pred_arr)
+    n_true, _, _, _, iou, cover = _pairwise_iou(true_arr, pred_arr)
     if n_true == 0:
         return 1.0
     major = cover > 0.5

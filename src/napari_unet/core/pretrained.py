@@ -77,9 +77,7 @@ def load_pretrained(name: str) -> UNet:
     from napari_unet.core.checkpoint import ModelFileError, load_model
 
     if name not in _BUNDLED:
-        raise ModelFileError(
-            f"no bundled model named {name!r}; available: {available_names()}"
-        )
+        raise ModelFileError(f"no bundled model named {name!r}; available: {available_names()}")
     return load_model(model_file(name))
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_unet.core.checkpoint import suggested_diameter
 from napari_unet.core.device import select_device
 from napari_unet.core.io import ImageReadError
 from napari_unet.core.model import UNet
@@ -112,14 +113,17 @@ def resolve_tiling(
     return dev, tile, batch
 
 
-def context_window(model: UNet, shape: tuple[int, int], region: Window) -> Window:
+def context_window(
+    model: UNet, shape: tuple[int, int], region: Window, zoom: float = 1.0
+) -> Window:
     """The part of a plane to predict so that ``region`` gets its full context.
 
     ``region`` is widened by the tiles' context on every side (clipped to the
     plane) and its start is aligned to ``2 ** depth``, so predictions inside
-    ``region`` equal those of the whole plane.
+    ``region`` equal those of the whole plane. A plane rescaled by ``zoom``
+    before prediction needs ``1 / zoom`` times the context.
     """
-    context = tile_overhead(model)
+    context = math.ceil(tile_overhead(model) / min(zoom, 1.0))
     out = []
     for sl, n in zip(region, shape, strict=True):
         start = max(0, (sl.start - context) // model.step * model.step)
@@ -128,12 +132,58 @@ def context_window(model: UNet, shape: tuple[int, int], region: Window) -> Windo
 
 
 def count_batches(
-    model: UNet, shape: tuple[int, int], region: Window, tile_size: int, batch_size: int
+    model: UNet,
+    shape: tuple[int, int],
+    region: Window,
+    tile_size: int,
+    batch_size: int,
+    zoom: float = 1.0,
 ) -> int:
     """Batches of tiles (progress events) :func:`iter_segment` runs per plane."""
-    rows, cols = context_window(model, shape, region)
-    plan = plan_tiles(model, (rows.stop - rows.start, cols.stop - cols.start), tile_size)
+    window = context_window(model, shape, region, zoom)
+    size = tuple(_zoomed(sl.stop - sl.start, zoom) for sl in window)
+    plan = plan_tiles(model, size, tile_size)
     return math.ceil(len(plan.origins) / batch_size)
+
+
+#: Rescaling for ``diameter`` is limited to these zooms.
+ZOOM_RANGE = (0.1, 10.0)
+
+
+def object_zoom(model: UNet, diameter: float | None) -> float:
+    """Zoom that gives objects of ``diameter`` px the size ``model`` was trained on.
+
+    1.0 when ``diameter`` is None or the model does not know its training size.
+    """
+    if diameter is None:
+        return 1.0
+    if not diameter > 0:
+        raise ValueError(f"`diameter` must be > 0 pixels, got {diameter!r}")
+    trained = suggested_diameter(model)
+    if trained is None:
+        return 1.0
+    zoom = trained / diameter
+    if not ZOOM_RANGE[0] <= zoom <= ZOOM_RANGE[1]:
+        raise ValueError(
+            f"`diameter` {diameter:g} px is too far from the {trained:.0f} px this model was "
+            f"trained on (rescaling by {zoom:.3g} is outside {ZOOM_RANGE})"
+        )
+    return zoom
+
+
+def _zoomed(n: int, zoom: float) -> int:
+    return max(1, round(n * zoom))
+
+
+def resize(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize the last two axes of a float32 (C, M, N) array (bilinear, antialiased)."""
+    if tuple(image.shape[-2:]) == tuple(shape):
+        return image
+    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None]
+    out = torch.nn.functional.interpolate(
+        x, size=shape, mode="bilinear", align_corners=False, antialias=True
+    )
+    return out[0].numpy()
 
 
 def _check_region(region: Window | None, shape: tuple[int, int]) -> Window:
@@ -161,6 +211,7 @@ def iter_segment(
     tta: bool = False,
     channel_axis: int | None = None,
     first_label: int = 1,
+    diameter: float | None = None,
 ) -> Generator[SegmentProgress | PlaneDone, None, int]:
     """Segment the planes of ``image``, yielding tile progress and finished planes.
 
@@ -183,6 +234,14 @@ def iter_segment(
         Channel axis for multi-channel models (default -3).
     first_label : int
         Id of the first cell; later cells count up from it.
+    diameter : float, optional
+        Typical object diameter (px) in ``image``. Each plane is rescaled so
+        that objects have the size the model was trained on
+        (:func:`~napari_unet.core.checkpoint.suggested_diameter`), predicted,
+        and its probabilities are resized back; then the tile progress
+        carries no regions, and one last progress event of the plane holds
+        its resized probabilities. None (or a model that does not know its
+        training size) predicts at the image's own scale.
 
     Yields
     ------
@@ -204,13 +263,15 @@ def iter_segment(
             raise ValueError(f"plane index {index} is out of range for leading shape {lead}")
     target = _check_region(region, shape)
     geometry = TestTimeAugmentation(model) if tta else model
+    zoom = object_zoom(model, diameter)
     dev, tile, batch = resolve_tiling(geometry, device, tile_size, batch_size)
-    window = context_window(geometry, shape, target)
+    window = context_window(geometry, shape, target, zoom)
     local = tuple(
         slice(t.start - w.start, t.stop - w.start) for t, w in zip(target, window, strict=True)
     )
     origin = (window[0].start, window[1].start)
-    total = count_batches(geometry, shape, target, tile, batch) * len(todo)
+    whole = tuple(slice(0, w.stop - w.start) for w in window)
+    total = count_batches(geometry, shape, target, tile, batch, zoom) * len(todo)
     next_label, done = first_label, 0
     for k, index in enumerate(todo):
         try:
@@ -220,6 +281,10 @@ def iter_segment(
         x = model.normalization(plane)[..., window[0], window[1]]
         del plane
         _release_pages(arr)
+        size = tuple(x.shape[-2:])
+        if zoom != 1.0:
+            x = resize(x.reshape(-1, *size), tuple(_zoomed(n, zoom) for n in size))
+            x = x if channels else x[0]
         prob = np.zeros((model.n_classes, *x.shape[-2:]), np.float32)
         for event in iter_predict_tiled(
             model,
@@ -234,7 +299,20 @@ def iter_segment(
             done += 1
             regions = tuple((rows, cols) for _, rows, cols in event.regions)
             yield SegmentProgress(
-                done, max(total, done), k, len(todo), index, origin, prob, regions, event.message
+                done,
+                max(total, done),
+                k,
+                len(todo),
+                index,
+                origin,
+                prob,
+                regions if zoom == 1.0 else (),
+                event.message,
+            )
+        if zoom != 1.0:
+            prob = resize(prob, size)
+            yield SegmentProgress(
+                done, max(total, done), k, len(todo), index, origin, prob, (whole,)
             )
         kept = prob[(slice(None), *local)]
         labels = probabilities_to_labels(

@@ -28,6 +28,7 @@ from napari_unet.core.dataset import (
     PatchSampler,
     Sample,
     Weighting,
+    as_instances,
     prepare_sample,
     rescale_annotation,
 )
@@ -35,7 +36,11 @@ from napari_unet.core.device import autocast_dtype, select_device
 from napari_unet.core.losses import weighted_cross_entropy
 from napari_unet.core.metrics import f1_at, foreground_iou
 from napari_unet.core.model import UNet
-from napari_unet.core.postprocess import foreground_probability, probabilities_to_labels
+from napari_unet.core.postprocess import (
+    foreground_probability,
+    object_diameter,
+    probabilities_to_labels,
+)
 from napari_unet.core.tiling import predict_tiled
 
 logger = logging.getLogger(__name__)
@@ -46,6 +51,11 @@ MULTI_SCALE = (0.5, 0.71, 1.0, 1.41)
 
 #: Share of each annotated image held out for validation (``validation="auto"``).
 VALIDATION_SHARE = 0.2
+
+#: Adam's initial learning rate for a new network and for fine-tuning one
+#: (``TrainConfig(learning_rate=None)``); see docs/benchmarks.md.
+SCRATCH_LEARNING_RATE = 1e-3
+FINE_TUNE_LEARNING_RATE = 1e-3
 
 #: Foreground thresholds tried on validation images when none is given.
 CANDIDATE_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))
@@ -65,8 +75,10 @@ class TrainConfig:
         Patches per step.
     patch_size : int
         Input patch edge (rounded up to a valid size for the network).
-    learning_rate : float
-        Initial learning rate; cosine decay to 5 % over the budget.
+    learning_rate : float, optional
+        Initial learning rate; cosine decay to 5 % over the budget. None
+        (the default) uses :data:`SCRATCH_LEARNING_RATE` for a new network and
+        :data:`FINE_TUNE_LEARNING_RATE` when fine-tuning a given one.
     optimizer : {"adam", "sgd"}
         Adam (the default; see docs/benchmarks.md) or the paper's SGD with
         momentum 0.99.
@@ -126,7 +138,7 @@ class TrainConfig:
     minutes: float | None = None
     batch_size: int = 2
     patch_size: int = 380
-    learning_rate: float = 1e-3
+    learning_rate: float | None = None
     optimizer: Literal["adam", "sgd"] = "adam"
     weighting: Weighting = "border"
     w0: float = 10.0
@@ -154,7 +166,7 @@ class TrainConfig:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
         if self.minutes is not None and not self.minutes > 0:
             raise ValueError(f"`minutes` must be > 0, got {self.minutes!r}")
-        if not self.learning_rate > 0:
+        if self.learning_rate is not None and not self.learning_rate > 0:
             raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
         if self.validation not in ("auto", "none"):
             raise ValueError(f"`validation` must be 'auto' or 'none', got {self.validation!r}")
@@ -459,10 +471,13 @@ def iter_train(
         elastic_sigma=config.elastic_sigma,
         weights=scale_weights,
     )
+    base_lr = config.learning_rate or (
+        SCRATCH_LEARNING_RATE if model is None else FINE_TUNE_LEARNING_RATE
+    )
     if config.optimizer == "sgd":  # the paper: high momentum, so many past steps count
-        optimizer = torch.optim.SGD(net.parameters(), lr=config.learning_rate, momentum=0.99)
+        optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=0.99)
     else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=config.learning_rate)
+        optimizer = torch.optim.Adam(net.parameters(), lr=base_lr)
     amp = autocast_dtype(dev, cpu=True) if config.mixed_precision else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
@@ -476,14 +491,19 @@ def iter_train(
     budget = config.minutes * 60 if config.minutes else math.inf
     training = {
         "config": dataclasses.asdict(config),
+        "learning_rate": base_lr,
+        "start": "scratch" if model is None else model.metadata.get("name", "a given model"),
         "n_images": len(images),
         "n_validation": len(val),
     }
+
+    diameter = object_diameter([as_instances(label) for label in labels])
 
     def metadata() -> dict[str, Any]:
         """What the model file records about this training and its best model."""
         return {
             "training": training,
+            "diameter": diameter,
             "best_step": best_step,
             "best_score": best_score,
             "threshold": best_threshold,
@@ -521,7 +541,7 @@ def iter_train(
     for step in range(1, config.steps + 1):
         elapsed = time.perf_counter() - start
         progress = max((step - 1) / config.steps, elapsed / budget)
-        lr = _learning_rate(config.learning_rate, progress)
+        lr = _learning_rate(base_lr, progress)
         for group in optimizer.param_groups:
             group["lr"] = lr
         x, y, w = (torch.from_numpy(a).to(dev) for a in sampler.batch(config.batch_size))
