@@ -61,11 +61,13 @@ def split(
     )
 
 
-def calibrate(images: list, masks: list, settings: dict, cpu_seconds: float) -> int:
-    """Steps that fit ``cpu_seconds`` of this process's CPU time."""
+def calibrate(
+    images: list, masks: list, settings: dict, cpu_seconds: float, model: UNet | None = None
+) -> int:
+    """Steps that fit ``cpu_seconds`` of this process's CPU time (training ``model``)."""
     # no validation in the probe: it would count as training time
     probe_config = TrainConfig(steps=8, **{**settings, "validation": "none"})
-    probe = iter_train(images, masks, config=probe_config, device="cpu")
+    probe = iter_train(images, masks, model=model, config=probe_config, device="cpu")
     next(probe)
     next(probe)
     cpu = time.process_time()

@@ -239,7 +239,9 @@ def test_demo_headless(tmp_path, capsys):
     out = tmp_path / "demo"
     code, err = run(["demo", "--out", out, "--steps", 2, "--device", "cpu"], capsys)
     assert code == 0, err
-    assert "on the unseen right half: F1@0.5" in err
+    zero_shot, tuned = (line for line in err.splitlines() if "unseen right half" in line)
+    assert "zero-shot (bundled model)" in zero_shot and "F1@0.5" in zero_shot
+    assert "fine-tuned (2 steps)" in tuned and "SEG" in tuned
     assert tifffile.imread(out / "demo_labels.tif").shape == (520, 696)
     from napari_unet.core.checkpoint import load_model
 

@@ -302,3 +302,38 @@ def test_bad_mask_and_thresholds() -> None:
         instance_scores(labels, labels, thresholds=())
     with pytest.raises(ValueError, match=r"`thresholds`"):
         f1_at(labels, labels, threshold=0.0)
+
+
+def _seg_reference(true, pred):
+    """CTC SEG object by object: IoU with the predicted object covering > half, else 0."""
+    values = []
+    for t in np.unique(true[true > 0]):
+        obj = true == t
+        ids, counts = np.unique(pred[obj], return_counts=True)
+        best = [i for i, c in zip(ids, counts, strict=True) if i > 0 and c > obj.sum() / 2]
+        if best:
+            other = pred == best[0]
+            values.append((obj & other).sum() / (obj | other).sum())
+        else:
+            values.append(0.0)
+    return float(np.mean(values)) if values else 1.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_seg_score_matches_an_object_by_object_reference(seed):
+    from napari_unet.core.metrics import seg_score
+
+    rng = np.random.default_rng(seed)
+    true = rng.integers(0, 6, (30, 40)).repeat(2, axis=0).repeat(2, axis=1)
+    pred = np.roll(true, rng.integers(-3, 4), axis=1) * (rng.random(true.shape) > 0.1)
+    pred[rng.random(true.shape) < 0.05] = 7
+    assert seg_score(true, pred) == pytest.approx(_seg_reference(true, pred))
+
+
+def test_seg_score_half_coverage_is_not_a_match():
+    from napari_unet.core.metrics import seg_score
+
+    true = np.array([[1, 1, 1, 1]])
+    assert seg_score(true, np.array([[2, 2, 0, 0]])) == 0.0  # exactly half: no match
+    assert seg_score(true, np.array([[2, 2, 2, 0]])) == pytest.approx(0.75)
+    assert seg_score(np.zeros((3, 3), int), np.ones((3, 3), int)) == 1.0

@@ -61,3 +61,16 @@ def test_stack_ids_are_unique_across_planes():
 def test_bad_input(prob, kwargs):
     with pytest.raises(ValueError):
         probabilities_to_labels(prob, **kwargs)
+
+
+def test_object_diameter_of_disks():
+    from skimage.draw import disk
+
+    from napari_unet.core.postprocess import object_diameter
+
+    labels = np.zeros((200, 200), np.int32)
+    for i, (r, c) in enumerate([(40, 40), (40, 140), (140, 90)], start=1):
+        labels[disk((r, c), 20)] = i
+    assert object_diameter(labels) == pytest.approx(40, rel=0.02)
+    assert object_diameter([labels, np.zeros((5, 5), int)]) == pytest.approx(40, rel=0.02)
+    assert object_diameter(np.zeros((5, 5), int)) is None

@@ -32,6 +32,7 @@ def test_annotate_train_predict_correct_retrain(make_napari_viewer, qtbot):
     # without the weight map: on such dense toy disks its border term needs far more
     # steps (docs/benchmarks.md), and this test is about the loop, not the loss
     for name, value in {
+        "start_from": "scratch",
         "weighting": "none",
         "steps": 20,
         "patch_size": 252,

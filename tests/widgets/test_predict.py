@@ -67,8 +67,9 @@ def test_whole_stack_equals_core_segmentation(stack_viewer, qtbot):
     viewer = stack_viewer
     model = threshold_unet()
     widget = open_predict(viewer, scope="stack", show_probabilities=True)
-    assert "No model yet" in widget.model_info.value
-    get_session(viewer).set_model(model)  # e.g. just trained
+    assert widget.model_source.value == "nuclei"  # no session model yet: the bundled one
+    get_session(viewer).set_model(model)  # e.g. just trained: it is followed
+    assert widget.model_source.value == "current"
     assert "4 base channels" in widget.model_info.value
 
     worker = widget.start()
@@ -324,3 +325,94 @@ def test_big_stacks_stream_into_zarr(stack_viewer, qtbot, monkeypatch):
     viewer.dims.set_current_step(0, 2)
     assert widget.use_as_annotation() > 0
     np.testing.assert_array_equal(np.asarray(annotations.data[2]) > 0, expected[2] > 0)
+
+
+@pytest.fixture
+def disks_viewer(make_napari_viewer):
+    """A viewer with a 128x128 image of bright disks on a dark background."""
+    from skimage.draw import disk
+
+    viewer = make_napari_viewer()
+    image = np.full((128, 128), 20.0)
+    for center in [(30, 30), (30, 90), (64, 64), (100, 30), (100, 100)]:
+        image[disk(center, 10, shape=image.shape)] = 200
+    noise = np.random.default_rng(0).normal(0, 5, image.shape)
+    viewer.add_image((image + noise).clip(0, 255).astype(np.uint8), name="cells")
+    return viewer
+
+
+def test_bundled_model_segments_without_annotations(disks_viewer, qtbot):
+    from napari_unet.core.checkpoint import suggested_threshold
+    from napari_unet.core.pretrained import load_pretrained
+
+    viewer = disks_viewer
+    assert get_session(viewer).model is None
+    widget = open_predict(viewer, tile_size=0)
+    combo = widget.model_source.native
+    assert [combo.itemText(i) for i in range(combo.count())] == [
+        "current model (session)",
+        "nuclei (bundled model)",
+        "model file",
+    ]
+    assert widget.model_source.value == "nuclei"
+    assert widget.model_info.value.startswith("Bundled nuclei model: fluorescence nuclei")
+    assert widget.threshold.value == pytest.approx(suggested_threshold(load_pretrained("nuclei")))
+    assert widget.diameter.value == 0.0  # as trained
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    prediction = viewer.layers["cells prediction"].data
+    assert prediction.shape == (128, 128)
+    assert 3 <= len(np.unique(prediction)) - 1 <= 8  # five disks
+    assert "Done" in widget.status.value
+
+
+def test_model_choice_made_by_hand_is_kept(disks_viewer):
+    widget = open_predict(disks_viewer)
+    session = get_session(disks_viewer)
+    widget.model_source.value = "file"  # picked by hand
+    session.set_model(threshold_unet())
+    assert widget.model_source.value == "file"
+    widget.model_source.value = "current"
+    assert "4 base channels" in widget.model_info.value
+    session.set_model(None)
+    assert widget.model_source.value == "current"
+    with pytest.raises(ValueError, match="pick a bundled model"):
+        widget.start()
+
+
+def test_object_size_reaches_the_segmentation(disks_viewer, qtbot, monkeypatch):
+    from napari_unet.core import segment
+
+    calls = []
+    real = segment.iter_segment
+
+    def spy(*args, **kwargs):  # a generator function too, as the worker needs
+        calls.append(kwargs)
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(segment, "iter_segment", spy)
+    viewer = disks_viewer
+    model = threshold_unet()
+    get_session(viewer).set_model(model)
+    widget = open_predict(viewer)
+    assert "training object size is unknown" in widget.model_info.value
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert calls[-1]["diameter"] is None  # 0 = as trained
+
+    model.metadata["diameter"] = 20.0  # as recorded by training
+    get_session(viewer).set_model(model)
+    assert "trained on objects ~20 px" in widget.model_info.value
+    assert "~20 px" in widget.diameter.tooltip
+    widget.diameter.value = 10.0  # cells half as big as in training: zoom 2x
+    worker = widget.start()
+    events = []
+    worker.yielded.connect(events.append)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert calls[-1]["diameter"] == 10.0
+    assert len(events) == worker.pbar.total  # the progress bar counts the rescaled tiles
+    assert len(np.unique(viewer.layers["cells prediction"].data)) - 1 == 5
+
+    widget.diameter.value = 5000.0  # far outside what rescaling allows
+    with pytest.raises(ValueError, match="too far"):
+        widget.start()

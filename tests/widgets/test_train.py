@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_unet._widgets._session import annotation_info, get_session
-from synthetic import cell_stack
+from synthetic import cell_stack, image_of, touching_disks
 
 TIMEOUT = 120_000
 
@@ -32,6 +32,7 @@ def open_train(viewer, **values):
     _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
     widget.labels_layer.value = viewer.layers["cells annotations"]
     defaults = {
+        "start_from": "scratch",
         "steps": 6,
         "patch_size": 188,
         "batch_size": 1,
@@ -137,6 +138,7 @@ def test_save_model_and_finetune(annotated, qtbot, tmp_path):
     # fine-tune from the current (session) model: the architecture is kept
     widget.start_from.value = "current"
     widget.base_channels.value = 16  # ignored when fine-tuning
+    widget.validate.value = False  # with it, a start that stays the best is kept
     widget.start()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     second = get_session(annotated).model
@@ -244,3 +246,77 @@ def test_no_validation_message_follows_the_run_not_the_checkbox(annotated, qtbot
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     assert widget.last_result.best_score is None
     assert widget.status.value.endswith("; no validation.")
+
+
+@pytest.fixture
+def two_kinds(make_napari_viewer):
+    """A 96x96 image with an instance-labels layer and a binary-mask layer of it."""
+    viewer = make_napari_viewer()
+    truth = touching_disks()
+    viewer.add_image(image_of(truth), name="cells")
+    for name, data in (("instances", truth), ("mask", (truth > 0).astype(np.uint8))):
+        annotation_info(viewer.add_labels(data, name=name))["image"] = "cells"
+    return viewer
+
+
+def test_start_choices_offer_the_bundled_model_first(two_kinds):
+    from napari_unet.core.pretrained import pretrained_models
+
+    _, widget = two_kinds.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    assert widget.start_from.choices == (*pretrained_models(), "scratch", "current", "file")
+    combo = widget.start_from.native
+    assert combo.itemText(0) == "nuclei (bundled model)"
+
+
+def test_default_start_follows_the_labels_until_picked(two_kinds):
+    viewer = two_kinds
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    widget.labels_layer.value = viewer.layers["instances"]
+    assert widget.start_from.value == "nuclei"
+    assert not widget.base_channels.enabled  # the bundled model's architecture is kept
+    widget.labels_layer.value = viewer.layers["mask"]
+    assert widget.start_from.value == "scratch" and widget.base_channels.enabled
+    widget.labels_layer.value = viewer.layers["instances"]
+    assert widget.start_from.value == "nuclei"
+
+    # the annotated planes decide: an empty layer starts from scratch until cells
+    # are painted and the plane is marked as annotated
+    empty = viewer.add_labels(np.zeros((2, 96, 96), np.uint16), name="stack")
+    widget.labels_layer.value = empty
+    assert widget.start_from.value == "scratch"
+    empty.data[1] = touching_disks()
+    annotation_info(empty)["planes"] = [1]
+    empty.events.metadata()  # as the Annotate widget does when a plane is marked
+    assert widget.start_from.value == "nuclei"
+
+    # a choice made by hand is kept
+    widget.start_from.value = "current"
+    widget.labels_layer.value = viewer.layers["mask"]
+    assert widget.start_from.value == "current"
+    widget.start_from.value = "scratch"
+    widget.labels_layer.value = viewer.layers["instances"]
+    assert widget.start_from.value == "scratch" and widget.base_channels.enabled
+
+
+def test_finetune_from_the_bundled_model(two_kinds, qtbot):
+    from napari_unet.core.pretrained import load_pretrained
+
+    viewer = two_kinds
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    widget.labels_layer.value = viewer.layers["instances"]
+    assert widget.start_from.value == "nuclei"  # not set: the default for instance labels
+    values = {"steps": 2, "patch_size": 188, "batch_size": 1, "minutes": 0.0, "device": "cpu"}
+    for name, value in {**values, "validate": False}.items():  # validation may keep the start
+        getattr(widget, name).value = value
+    widget.start()
+    assert "Fine-tuning the bundled nuclei model" in widget.status.value
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    bundled = load_pretrained("nuclei")
+    model = get_session(viewer).model
+    assert model is widget.last_result.model and model.config == bundled.config
+    assert any(
+        not np.array_equal(model.state_dict()[k].numpy(), v.numpy())
+        for k, v in bundled.state_dict().items()
+    )
+    assert "fine-tuned the bundled nuclei model, 2 steps" in widget.status.value

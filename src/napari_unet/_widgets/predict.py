@@ -30,6 +30,7 @@ from napari.utils.notifications import show_error, show_info
 
 from napari_unet._widgets._session import METADATA_KEY, annotation_info, get_session
 from napari_unet._widgets._settings import load_settings, save_settings
+from napari_unet.core.pretrained import DEFAULT_PRETRAINED, pretrained_models
 
 if TYPE_CHECKING:
     import napari
@@ -46,8 +47,18 @@ SCOPES = [
     ("visible field of view", "view"),
     ("whole stack", "stack"),
 ]
-MODEL_SOURCES = [("current model (session)", "current"), ("model file", "file")]
+#: Model choices: (label shown, value); a bundled model's value is its name.
+MODEL_SOURCES = [
+    ("current model (session)", "current"),
+    *((f"{name} (bundled model)", name) for name in pretrained_models()),
+    ("model file", "file"),
+]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
+DIAMETER_TOOLTIP = (
+    "Typical cell/nucleus diameter in this image. The input is rescaled so that objects "
+    "have the size the model was trained on: set it when your cells are much smaller or "
+    "larger than the training ones. 0 = as trained (no rescaling)."
+)
 #: Shortest interval (s) between two refreshes of the probability layer.
 REFRESH_INTERVAL = 0.2
 
@@ -90,9 +101,13 @@ class PredictWidget(Container):
     Attributes
     ----------
     model_source : ComboBox
-        ``"current"`` (the session's model, e.g. just trained) or ``"file"``.
+        ``"current"`` (the session's model, e.g. just trained), a bundled model's
+        name (e.g. ``"nuclei"``) or ``"file"``. Until the user picks one, it is the
+        current model when the session has one, else the bundled nuclei model.
     image_layer : magicgui widget
         The image to segment.
+    diameter : FloatSpinBox
+        Typical object diameter (px) in the image; 0 predicts at the image's scale.
     scope : ComboBox
         ``"plane"``, ``"view"`` (visible field of view) or ``"stack"``.
     annotation_layer : magicgui widget
@@ -104,15 +119,33 @@ class PredictWidget(Container):
         self._viewer = viewer
         self._worker: GeneratorWorker | None = None
         self._file_model: UNet | None = None
+        self._bundled: dict[str, UNet] = {}
+        self._source_picked = False  # the user chose the model: keep it
         self._job: dict[str, Any] = {}
         self._last_refresh = 0.0
         settings = load_settings()
 
-        self.model_source = ComboBox(choices=MODEL_SOURCES, value="current", label="Model")
+        self.model_source = ComboBox(
+            choices=MODEL_SOURCES,
+            value=self._default_source(),
+            label="Model",
+            tooltip="The model trained in this session, a model bundled with napari-unet "
+            "(segments without any annotation), or a model file.\n"
+            + "\n".join(f"{name}: {text}" for name, text in pretrained_models().items()),
+        )
         self.model_file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
         self.model_info = Label(value="")
         self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
         self.scope = ComboBox(choices=SCOPES, value="plane", label="Predict")
+        self.diameter = FloatSpinBox(
+            value=0.0,
+            min=0.0,
+            max=10_000.0,
+            step=1.0,
+            label="Object size (px)",
+            tooltip=DIAMETER_TOOLTIP,
+        )
+        self.diameter.native.setSpecialValueText("as trained")
         self.tile_size = SpinBox(
             value=int(settings["tile_size"]),
             min=0,
@@ -175,6 +208,7 @@ class PredictWidget(Container):
                 self.model_file,
                 self.model_info,
                 self.image_layer,
+                self.diameter,
                 self.scope,
                 self.tile_size,
                 self.device,
@@ -202,7 +236,7 @@ class PredictWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.use_button.changed.connect(self._on_use_clicked)
         get_session(viewer).model_changed.connect(self._on_model_changed)
-        self._on_model_source_changed()
+        self._show_source()
         self._on_image_changed()
 
     # -- public API -------------------------------------------------------
@@ -214,9 +248,16 @@ class PredictWidget(Container):
     @property
     def model(self) -> UNet | None:
         """The model that "Predict" would use now."""
-        if self.model_source.value == "file":
+        source = self.model_source.value
+        if source == "file":
             return self._file_model
-        return get_session(self._viewer).model
+        if source == "current":
+            return get_session(self._viewer).model
+        if source not in self._bundled:
+            from napari_unet.core.pretrained import load_pretrained
+
+            self._bundled[source] = load_pretrained(source)
+        return self._bundled[source]
 
     def output_name(self, kind: str = "prediction") -> str:
         """Name of the output layer (``"prediction"`` or ``"probability"``) of the image."""
@@ -238,7 +279,12 @@ class PredictWidget(Container):
         """
         from napari.qt.threading import create_worker
 
-        from napari_unet.core.segment import count_batches, iter_segment, resolve_tiling
+        from napari_unet.core.segment import (
+            count_batches,
+            iter_segment,
+            object_zoom,
+            resolve_tiling,
+        )
         from napari_unet.core.tiling import TestTimeAugmentation, as_channels_first
 
         if self.is_running:
@@ -253,6 +299,8 @@ class PredictWidget(Container):
         shape = (int(arr.shape[-2]), int(arr.shape[-1]))
         planes, region = self._planes_and_region(image, lead, shape)
 
+        diameter = float(self.diameter.value) or None
+        zoom = object_zoom(model, diameter)  # checks that the size is usable
         tta = bool(self.tta.value)
         geometry = TestTimeAugmentation(model) if tta else model
         _, tile, batch = resolve_tiling(geometry, self.device.value, int(self.tile_size.value))
@@ -269,8 +317,10 @@ class PredictWidget(Container):
         if prob_layer is not None:
             prob_layer.refresh()
 
-        # one progress step per batch of tiles and per finished plane
-        total = (count_batches(geometry, shape, region, tile, batch) + 1) * len(planes)
+        # one progress step per batch of tiles and per finished plane, and one for
+        # the probabilities resized back when the plane was rescaled
+        per_plane = count_batches(geometry, shape, region, tile, batch, zoom) + 1
+        total = (per_plane + (zoom != 1.0)) * len(planes)
         worker = create_worker(
             iter_segment,
             model,
@@ -287,6 +337,7 @@ class PredictWidget(Container):
             tta=tta,
             channel_axis=-3 if channels else None,
             first_label=first_label,
+            diameter=diameter,
             _progress={"total": total, "desc": "U-Net prediction"},
         )
         self._job = {
@@ -430,10 +481,11 @@ class PredictWidget(Container):
             if self._file_model is None:
                 self._file_model = load_model(self.model_file.value)
             return self._file_model
-        model = get_session(self._viewer).model
+        model = self.model
         if model is None:
             raise ValueError(
-                "there is no current model: train one in '3. Train' or load a model file"
+                "there is no current model: train one in '3. Train', or pick a bundled "
+                "model or a model file"
             )
         return model
 
@@ -576,8 +628,16 @@ class PredictWidget(Container):
             show_error(f"Cannot use the prediction as annotation: {err}")
 
     def _on_model_source_changed(self, value: Any = None) -> None:
+        self._source_picked = True
+        self._show_source()
+
+    def _show_source(self) -> None:
         self.model_file.visible = self.model_source.value == "file"
         self._update_model_info()
+
+    def _default_source(self) -> str:
+        """The session's model when there is one, else the bundled nuclei model."""
+        return "current" if get_session(self._viewer).model is not None else DEFAULT_PRETRAINED
 
     def _on_model_file_changed(self, value: Any = None) -> None:
         from napari_unet.core.checkpoint import ModelFileError, load_model
@@ -592,27 +652,41 @@ class PredictWidget(Container):
         self._update_model_info()
 
     def _on_model_changed(self, model: Any = None) -> None:
-        self._update_model_info()
+        if not self._source_picked:
+            with self.model_source.changed.blocked():
+                self.model_source.value = self._default_source()
+        self._show_source()
 
     def _update_model_info(self) -> None:
         model = self.model
+        source = self.model_source.value
         if model is None:
             self.model_info.value = (
                 "No model yet: train one in '3. Train'."
-                if self.model_source.value == "current"
+                if source == "current"
                 else "Choose a napari-unet model file."
             )
+            self.diameter.tooltip = DIAMETER_TOOLTIP
             return
-        from napari_unet.core.checkpoint import suggested_threshold
+        from napari_unet.core.checkpoint import suggested_diameter, suggested_threshold
 
-        config = model.config
-        text = f"U-Net: depth {config.depth}, {config.base_channels} base channels"
-        steps = model.metadata.get("best_step") if isinstance(model.metadata, dict) else None
-        if steps:
-            text += f", checkpoint of training step {steps}"
+        if source in pretrained_models():
+            text = f"Bundled {source} model: {pretrained_models()[source]}"
+        else:
+            config = model.config
+            text = f"U-Net: depth {config.depth}, {config.base_channels} base channels"
+            steps = model.metadata.get("best_step") if isinstance(model.metadata, dict) else None
+            if steps:
+                text += f", checkpoint of training step {steps}"
         # the threshold that scored best on the validation images during training
         self.threshold.value = suggested_threshold(model)
-        self.model_info.value = f"{text}; threshold {self.threshold.value:.2f}"
+        trained = suggested_diameter(model)
+        if trained is None:
+            size = "its training object size is unknown (no rescaling)"
+        else:
+            size = f"trained on objects ~{trained:.0f} px across"
+        self.diameter.tooltip = f"{DIAMETER_TOOLTIP}\nThis model: {size}."
+        self.model_info.value = f"{text}; threshold {self.threshold.value:.2f}; {size}"
 
     def _on_image_changed(self, value: Any = None) -> None:
         image = self.image_layer.value

@@ -1,0 +1,158 @@
+"""The bundled nuclei model on the 100-image DSB split that pretraining never saw.
+
+``zero-shot``: segment all 100 images with a model and no annotation; report
+F1@0.5, mean matched IoU and the Cell Tracking Challenge SEG score.
+
+``fine-tune``: the 5-image protocol of ``bench_training_quality.py`` (seeded
+draw of 5 training and 20 test images) at equal CPU budgets, starting from a
+model (``--from``, default the bundled one) or from scratch; also scores the
+starting model zero-shot on the same 20 test images.
+
+``bundle``: score a pretrained model file zero-shot, write its float16 copy
+(with the scores in its metadata) into the package, and check that the copy
+scores the same.
+
+Usage::
+
+    python benchmarks/bench_pretrained.py zero-shot --model nuclei
+    python benchmarks/bench_pretrained.py fine-tune --from nuclei --cpu-seconds 60 120 \\
+        --seeds 0 1 2
+    python benchmarks/bench_pretrained.py fine-tune --from scratch --cpu-seconds 120
+    python benchmarks/bench_pretrained.py bundle --model benchmarks/_out/pretrain/nuclei.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from bench_training_quality import DATA, calibrate, load, split
+
+from napari_unet.core.checkpoint import load_model, save_model, suggested_threshold
+from napari_unet.core.metrics import instance_scores, seg_score
+from napari_unet.core.model import UNet
+from napari_unet.core.postprocess import object_diameter
+from napari_unet.core.pretrained import SCRATCH, model_file
+from napari_unet.core.segment import PlaneDone, iter_segment
+from napari_unet.core.training import TrainConfig, train
+
+FEW_SHOT = DATA / "dsb2018_nuclei_train"
+CORPUS = DATA / "dsb2018_nuclei_pretrain"
+
+
+def score(model: UNet, images: list, masks: list, **segment: object) -> dict[str, float]:
+    """Mean F1@0.5, mean matched IoU and SEG over images, with the model's threshold."""
+    rows = []
+    start = time.perf_counter()
+    for image, truth in zip(images, masks, strict=True):
+        labels = None
+        for event in iter_segment(
+            model, image, device="cpu", threshold=suggested_threshold(model), **segment
+        ):
+            if isinstance(event, PlaneDone):
+                labels = event.labels
+        match = instance_scores(truth, labels)[0]
+        rows.append((match.f1, match.mean_matched_iou, seg_score(truth, labels)))
+    f1, iou, seg = np.mean(np.array(rows), axis=0)
+    return {
+        "f1@0.5": round(float(f1), 4),
+        "matched_iou": round(float(iou), 4),
+        "seg": round(float(seg), 4),
+        "images": len(images),
+        "seconds_per_image": round((time.perf_counter() - start) / len(images), 2),
+    }
+
+
+def all_few_shot() -> tuple[list, list]:
+    ids = sorted(p.stem for p in (FEW_SHOT / "images").glob("*.tif"))
+    return load(FEW_SHOT, ids)
+
+
+def zero_shot(args: argparse.Namespace) -> None:
+    model = load_model(args.model)
+    images, masks = all_few_shot()
+    report = {"mode": "zero-shot", "model": args.model, **score(model, images, masks)}
+    print(json.dumps(report), flush=True)
+
+
+def fine_tune(args: argparse.Namespace) -> None:
+    start = None if args.from_model == SCRATCH else load_model(args.from_model)
+    for seed in args.seeds:
+        folder, train_ids, test_ids = split("dsb", 5, 20, seed)
+        images, masks = load(folder, train_ids)
+        test_images, test_masks = load(folder, test_ids)
+        if start is not None:
+            base = score(start, test_images, test_masks)
+            print(json.dumps({"mode": "zero-shot", "seed": seed, **base}), flush=True)
+        for budget in args.cpu_seconds:
+            settings = {"seed": seed}
+            if args.lr is not None:
+                settings["learning_rate"] = args.lr
+            steps = calibrate(images, masks, settings, budget, model=start)
+            config = TrainConfig(steps=steps, **settings)
+            cpu = time.process_time()
+            result = train(images, masks, model=start, config=config, device="cpu")
+            report = {
+                "mode": "fine-tune",
+                "from": args.from_model,
+                "seed": seed,
+                "cpu_budget_s": budget,
+                "train_cpu_s": round(time.process_time() - cpu),
+                "steps": result.steps,
+                "best_step": result.best_step,
+                "learning_rate": result.model.metadata["training"]["learning_rate"],
+                "threshold": result.threshold,
+                **score(result.model, test_images, test_masks),
+            }
+            print(json.dumps(report), flush=True)
+
+
+def bundle(args: argparse.Namespace) -> None:
+    model = load_model(args.model)
+    images, masks = all_few_shot()
+    full = score(model, images, masks)
+    print(json.dumps({"mode": "zero-shot", "storage": "float32", **full}), flush=True)
+    corpus = [load(CORPUS, [i])[1][0] for i in (CORPUS / "ids.txt").read_text().split()]
+    metadata = {
+        "name": "nuclei",
+        "diameter": object_diameter(corpus),
+        "scores": {
+            "dsb2018_nuclei_train (100 images, zero-shot)": full,
+            "scored_by": "benchmarks/bench_pretrained.py bundle",
+        },
+    }
+    out = model_file("nuclei") if args.out is None else Path(args.out)
+    save_model(out, model, half=True, **metadata)
+    half = score(load_model(out), images, masks)
+    print(json.dumps({"mode": "zero-shot", "storage": "float16", **half}), flush=True)
+    print(f"bundled -> {out} ({out.stat().st_size / 1e6:.1f} MB)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="mode", required=True)
+    z = sub.add_parser("zero-shot")
+    z.add_argument("--model", default="nuclei", help="model file or bundled name")
+    z.set_defaults(func=zero_shot)
+    f = sub.add_parser("fine-tune")
+    f.add_argument("--from", dest="from_model", default="nuclei", help="model, or 'scratch'")
+    f.add_argument("--cpu-seconds", type=float, nargs="+", default=[60.0, 120.0, 300.0])
+    f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    f.add_argument("--lr", type=float, help="learning rate (default: TrainConfig's)")
+    f.set_defaults(func=fine_tune)
+    b = sub.add_parser("bundle")
+    b.add_argument("--model", required=True, help="pretrained float32 model file")
+    b.add_argument("--out", help="default: the package's bundled nuclei.pt")
+    b.set_defaults(func=bundle)
+    args = parser.parse_args()
+    if not FEW_SHOT.is_dir():
+        sys.exit(f"real data not found at {DATA}")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,231 @@
+"""The bundled nuclei model: safe loading, names everywhere, fine-tuning from it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from skimage.filters import gaussian
+from skimage.transform import rescale
+
+from napari_unet.cli import main
+from napari_unet.core import (
+    ModelFileError,
+    TrainConfig,
+    UNet,
+    load_model,
+    load_pretrained,
+    predict_dask,
+    predict_tiled,
+    pretrained_models,
+    save_model,
+    train,
+)
+from napari_unet.core.checkpoint import read_model_file, suggested_threshold
+from napari_unet.core.metrics import instance_scores, seg_score
+from napari_unet.core.postprocess import object_diameter, probabilities_to_labels
+from napari_unet.core.pretrained import default_start, model_file
+from napari_unet.core.segment import PlaneDone, iter_segment, object_zoom
+from synthetic import touching_disks
+
+
+def nuclei_image(seed: int = 0, shape=(192, 192), n: int = 14, radius=(7, 11), zoom=1):
+    """Separate blurred bright disks on a dark noisy background, and their labels."""
+    labels = np.zeros(shape, np.uint16)
+    rng = np.random.default_rng(seed)
+    from skimage.draw import disk
+
+    for i in range(1, n + 1):
+        for _ in range(50):  # place without touching
+            r = int(rng.integers(*radius))
+            c = rng.integers(r + 2, np.array(shape) - r - 2)
+            rr, cc = disk(tuple(c), r + 2, shape=shape)
+            if not labels[rr, cc].any():
+                labels[disk(tuple(c), r, shape=shape)] = i
+                break
+    image = gaussian((labels > 0) * 120.0, 1.5) + 20 + rng.normal(0, 6, shape)
+    if zoom != 1:
+        image = rescale(image, zoom, order=1)
+        labels = rescale(labels, zoom, order=0, preserve_range=True, anti_aliasing=False)
+    return image.clip(0, 255).astype(np.uint8), labels.astype(np.uint16)
+
+
+def segment(model, image, **kwargs):
+    for event in iter_segment(model, image, device="cpu", **kwargs):
+        if isinstance(event, PlaneDone):
+            return event.labels
+    raise AssertionError("no plane segmented")
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load_pretrained("nuclei")
+
+
+def test_registry_lists_the_bundled_model():
+    models = pretrained_models()
+    assert "nuclei" in models and "fluorescence" in models["nuclei"]
+    assert model_file("nuclei").is_file()
+
+
+def test_bundled_file_is_small_half_precision_and_safe():
+    path = model_file("nuclei")
+    assert path.stat().st_size <= 10e6
+    payload = read_model_file(path)  # torch.load(weights_only=True)
+    floats = [v for v in payload["state_dict"].values() if v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    meta = payload["metadata"]
+    assert meta["name"] == "nuclei"
+    assert meta["pretraining"]["script"] == "benchmarks/train_pretrained.py"
+    assert len(meta["pretraining"]["data_ids_sha256"]) == 64
+    assert 8 < meta["diameter"] < 40
+
+
+def test_bundled_model_segments_synthetic_nuclei_zero_shot(bundled):
+    assert next(bundled.parameters()).dtype == torch.float32
+    scores = []
+    for seed in range(3):
+        image, truth = nuclei_image(seed)
+        labels = segment(bundled, image, threshold=suggested_threshold(bundled))
+        scores.append((instance_scores(truth, labels)[0].f1, seg_score(truth, labels)))
+    f1, seg = np.mean(scores, axis=0)
+    assert f1 >= 0.9 and seg >= 0.7, scores
+
+
+def test_diameter_rescales_objects_far_from_the_training_size(bundled):
+    image, truth = nuclei_image(3, shape=(128, 128), n=6, radius=(7, 9), zoom=5)
+    big = object_diameter(truth)
+    assert big > 60
+    native = segment(bundled, image)
+    rescaled = segment(bundled, image, diameter=big)
+    f1_native = instance_scores(truth, native)[0].f1
+    f1_rescaled = instance_scores(truth, rescaled)[0].f1
+    assert f1_rescaled >= 0.8 and f1_rescaled > f1_native + 0.2, (f1_native, f1_rescaled)
+
+
+def test_object_zoom_arithmetic_and_limits(bundled):
+    trained = bundled.metadata["diameter"]
+    assert object_zoom(bundled, None) == 1.0
+    assert object_zoom(bundled, 2 * trained) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="too far"):
+        object_zoom(bundled, trained * 100)
+    with pytest.raises(ValueError, match="> 0"):
+        object_zoom(bundled, 0)
+    assert object_zoom(UNet(base_channels=2), 50) == 1.0  # a model that does not know its size
+
+
+def test_names_resolve_in_python_and_dask(bundled, tmp_path):
+    image = nuclei_image(1, shape=(100, 120))[0]
+    x = bundled.normalization(image)
+    expected = predict_tiled(bundled, x, device="cpu")
+    np.testing.assert_allclose(predict_tiled(load_model("nuclei"), x, device="cpu"), expected)
+    import dask.array as da
+
+    lazy = predict_dask("nuclei", da.from_array(x[None], chunks=(1, 100, 120)), device="cpu")
+    np.testing.assert_allclose(lazy.compute()[0], expected, atol=1e-5)
+
+
+def test_an_existing_file_wins_over_a_bundled_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_model(tmp_path / "nuclei", UNet(base_channels=2), mine=True)
+    assert load_model("nuclei").metadata["mine"] is True
+
+
+def test_wrong_names_list_the_available_models(tmp_path, capsys):
+    with pytest.raises(ModelFileError, match="available: nuclei"):
+        load_pretrained("nucleus")
+    with pytest.raises(ModelFileError, match="bundled models: nuclei"):
+        load_model("nucleus")
+    tifffile.imwrite(tmp_path / "in.tif", np.zeros((32, 32), np.uint8))
+    code = main(["predict", "nucleus", str(tmp_path / "in.tif"), str(tmp_path / "out.tif")])
+    err = capsys.readouterr().err
+    assert code == 2 and "bundled models: nuclei" in err
+
+
+def test_cli_predict_accepts_the_name(bundled, tmp_path, capsys):
+    image = nuclei_image(2)[0]
+    tifffile.imwrite(tmp_path / "in.tif", image)
+    out = tmp_path / "out.tif"
+    code = main(["predict", "nuclei", str(tmp_path / "in.tif"), str(out), "--device", "cpu"])
+    assert code == 0, capsys.readouterr().err
+    expected = segment(bundled, image, threshold=suggested_threshold(bundled))
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
+def test_default_start_follows_the_labels():
+    disks = touching_disks()
+    assert default_start([disks]) == "nuclei"
+    assert default_start([(disks > 0).astype(np.uint8)]) is None  # a binary mask
+    assert default_start([disks], in_channels=3) is None
+
+
+def _tiny_task():
+    truth = touching_disks((96, 96), n=10, seed=4)
+    image = gaussian((truth > 0) * 150.0, 1) + 20
+    return [image.astype(np.float32)], [truth]
+
+
+def test_fine_tuning_changes_the_weights_and_records_its_start(bundled):
+    images, labels = _tiny_task()
+    config = TrainConfig(steps=3, batch_size=1, patch_size=188, validation="none")
+    result = train(images, labels, model=bundled, config=config, device="cpu")
+    before, after = bundled.state_dict(), result.model.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert result.model.metadata["training"]["start"] == "nuclei"
+    assert result.model.metadata["diameter"] == pytest.approx(object_diameter(labels[0]))
+
+
+def test_fine_tuning_never_returns_worse_than_its_start_on_validation(bundled):
+    images, labels = _tiny_task()
+    # a learning rate that wrecks the network: the start must be kept
+    config = TrainConfig(
+        steps=4, batch_size=1, patch_size=188, learning_rate=5.0, validate_every=2
+    )
+    result = train(images, labels, model=bundled, config=config, device="cpu")
+    assert result.best_step == 0 and result.history[0]["step"] == 0
+    start, kept = bundled.state_dict(), result.model.state_dict()
+    assert all(torch.equal(start[k], kept[k]) for k in start)
+    assert result.best_score == result.history[0]["score"]
+
+
+def test_cli_train_starts_from_the_bundled_model_for_instances(tmp_path, capsys):
+    truth = touching_disks((96, 96), n=10, seed=4)
+    image = (gaussian((truth > 0) * 150.0, 1) + 20).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "inst.tif", truth)
+    tifffile.imwrite(tmp_path / "mask.tif", (truth > 0).astype(np.uint8))
+    short = ["--steps", "2", "--patch-size", "188", "--batch-size", "1", "--device", "cpu"]
+    runs = {
+        "inst.tif": ([], "from the bundled 'nuclei' model", "nuclei"),
+        "mask.tif": ([], "a new model (the labels are binary masks)", "scratch"),
+    }
+    for labels, (extra, says, start) in runs.items():
+        out = tmp_path / f"{labels}.pt"
+        argv = ["train", "--image", tmp_path / "img.tif", "--labels", tmp_path / labels]
+        code = main([str(a) for a in [*argv, "--out", out, *short, *extra]])
+        err = capsys.readouterr().err
+        assert code == 0, err
+        assert says in err
+        assert load_model(out).metadata["training"]["start"] == start
+    out = tmp_path / "scratch.pt"
+    argv = ["train", "--image", tmp_path / "img.tif", "--labels", tmp_path / "inst.tif"]
+    code = main([str(a) for a in [*argv, "--out", out, *short, "--from", "scratch"]])
+    assert code == 0
+    assert load_model(out).metadata["training"]["start"] == "scratch"
+
+
+def test_half_precision_files_load_as_float32_and_predict_alike(tmp_path):
+    torch.manual_seed(0)
+    net = UNet(base_channels=4, norm="batch").eval()
+    full = save_model(tmp_path / "full.pt", net)
+    half = save_model(tmp_path / "half.pt", net, half=True)
+    assert half.stat().st_size < 0.6 * full.stat().st_size
+    loaded = load_model(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    x = np.random.default_rng(0).random((200, 200), np.float32)
+    a, b = predict_tiled(net, x, device="cpu"), predict_tiled(loaded, x, device="cpu")
+    assert np.abs(a - b).max() < 1e-2
+    assert (probabilities_to_labels(a) > 0).mean() == pytest.approx(
+        (probabilities_to_labels(b) > 0).mean(), abs=0.01
+    )
