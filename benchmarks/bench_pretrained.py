@@ -8,6 +8,9 @@ draw of 5 training and 20 test images) at equal CPU budgets, starting from a
 model (``--from``, default the bundled one) or from scratch; also scores the
 starting model zero-shot on the same 20 test images.
 
+``dev``: choose post-processing (threshold, grow) on the corpus images that
+pretraining held out (``train_pretrained.py --n-val``), never on the 100.
+
 ``bundle``: score a pretrained model file zero-shot, write its float16 copy
 (with the scores in its metadata) into the package, and check that the copy
 scores the same.
@@ -18,6 +21,7 @@ Usage::
     python benchmarks/bench_pretrained.py fine-tune --from nuclei --cpu-seconds 60 120 \\
         --seeds 0 1 2
     python benchmarks/bench_pretrained.py fine-tune --from scratch --cpu-seconds 120
+    python benchmarks/bench_pretrained.py dev --model benchmarks/_out/pretrain/nuclei.pt
     python benchmarks/bench_pretrained.py bundle --model benchmarks/_out/pretrain/nuclei.pt
 """
 
@@ -35,9 +39,10 @@ from bench_training_quality import DATA, calibrate, load, split
 from napari_unet.core.checkpoint import load_model, save_model, suggested_threshold
 from napari_unet.core.metrics import instance_scores, seg_score
 from napari_unet.core.model import UNet
-from napari_unet.core.postprocess import object_diameter
+from napari_unet.core.postprocess import object_diameter, probabilities_to_labels
 from napari_unet.core.pretrained import SCRATCH, model_file
 from napari_unet.core.segment import PlaneDone, iter_segment
+from napari_unet.core.tiling import predict_tiled
 from napari_unet.core.training import TrainConfig, train
 
 FEW_SHOT = DATA / "dsb2018_nuclei_train"
@@ -111,6 +116,26 @@ def fine_tune(args: argparse.Namespace) -> None:
             print(json.dumps(report), flush=True)
 
 
+def dev(args: argparse.Namespace) -> None:
+    from train_pretrained import corpus_ids
+
+    model = load_model(args.model)
+    _, val_ids, _ = corpus_ids(args.n_val, args.seed)
+    images, masks = load(CORPUS, val_ids)
+    probs = [predict_tiled(model, model.normalization(image), device="cpu") for image in images]
+    for threshold in args.thresholds:
+        for expand in args.expand:
+            rows = []
+            for prob, truth in zip(probs, masks, strict=True):
+                labels = probabilities_to_labels(prob, threshold=threshold, expand=expand)
+                match = instance_scores(truth, labels)[0]
+                rows.append((match.f1, match.mean_matched_iou, seg_score(truth, labels)))
+            f1, iou, seg = np.mean(np.array(rows), axis=0)
+            report = {"mode": "dev", "threshold": threshold, "expand": expand}
+            report |= {"f1@0.5": round(f1, 4), "matched_iou": round(iou, 4), "seg": round(seg, 4)}
+            print(json.dumps(report), flush=True)
+
+
 def bundle(args: argparse.Namespace) -> None:
     model = load_model(args.model)
     images, masks = all_few_shot()
@@ -144,6 +169,13 @@ def main() -> None:
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--lr", type=float, help="learning rate (default: TrainConfig's)")
     f.set_defaults(func=fine_tune)
+    d = sub.add_parser("dev")
+    d.add_argument("--model", required=True)
+    d.add_argument("--n-val", type=int, default=20, help="as given to train_pretrained.py")
+    d.add_argument("--seed", type=int, default=0, help="as given to train_pretrained.py")
+    d.add_argument("--thresholds", type=float, nargs="+", default=[0.4, 0.5, 0.6])
+    d.add_argument("--expand", type=int, nargs="+", default=[0, 1, 2])
+    d.set_defaults(func=dev)
     b = sub.add_parser("bundle")
     b.add_argument("--model", required=True, help="pretrained float32 model file")
     b.add_argument("--out", help="default: the package's bundled nuclei.pt")

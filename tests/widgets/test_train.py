@@ -320,3 +320,11 @@ def test_finetune_from_the_bundled_model(two_kinds, qtbot):
         for k, v in bundled.state_dict().items()
     )
     assert "fine-tuned the bundled nuclei model, 2 steps" in widget.status.value
+
+
+def test_learning_rate_is_auto_unless_set(annotated):
+    widget = open_train(annotated)
+    assert widget.learning_rate.native.text() == "auto"
+    assert widget._config().learning_rate is None  # TrainConfig picks scratch / fine-tune rate
+    widget.learning_rate.value = 0.003
+    assert widget._config().learning_rate == pytest.approx(0.003)

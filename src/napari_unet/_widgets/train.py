@@ -186,13 +186,16 @@ class TrainWidget(Container):
         )
         self.batch_size = SpinBox(value=2, min=1, max=64, label="Batch size")
         self.learning_rate = FloatSpinBox(
-            value=1e-3,
-            min=1e-4,
+            value=0.0,
+            min=0.0,
             max=1.0,
             step=1e-4,
             label="Learning rate",
-            tooltip="Adam's initial learning rate (cosine decay)",
+            tooltip="Adam's initial learning rate (cosine decay); auto: 1e-3 for a new "
+            "network, TrainConfig's fine-tuning rate when starting from a model",
         )
+        self.learning_rate.native.setDecimals(4)
+        self.learning_rate.native.setSpecialValueText("auto")
         self.scale_augment = CheckBox(
             text="Scale augmentation (cells 0.5x-1.4x)",
             value=False,
@@ -486,7 +489,7 @@ class TrainWidget(Container):
             steps=steps,
             minutes=minutes if minutes > 0 else None,
             batch_size=int(self.batch_size.value),
-            learning_rate=float(self.learning_rate.value),
+            learning_rate=float(self.learning_rate.value) or None,
             patch_size=int(self.patch_size.value),
             weighting=self.weighting.value,
             w0=float(self.w0.value),
