@@ -8,6 +8,10 @@ draw of 5 training and 20 test images) at equal CPU budgets, starting from a
 model (``--from``, default the bundled one) or from scratch; also scores the
 starting model zero-shot on the same 20 test images.
 
+``scale``: the images (and labels) zoomed by each ``--zooms`` factor, as if
+taken at another magnification, segmented at the image's own scale and with
+``diameter`` = the true median nucleus diameter.
+
 ``dev``: choose post-processing (threshold, grow) on the corpus images that
 pretraining held out (``train_pretrained.py --n-val``), never on the 100.
 
@@ -21,6 +25,7 @@ Usage::
     python benchmarks/bench_pretrained.py fine-tune --from nuclei --cpu-seconds 60 120 \\
         --seeds 0 1 2
     python benchmarks/bench_pretrained.py fine-tune --from scratch --cpu-seconds 120
+    python benchmarks/bench_pretrained.py scale --zooms 0.5 2 3 --n-images 20
     python benchmarks/bench_pretrained.py dev --model benchmarks/_out/pretrain/nuclei.pt
     python benchmarks/bench_pretrained.py bundle --model benchmarks/_out/pretrain/nuclei.pt
 """
@@ -116,6 +121,34 @@ def fine_tune(args: argparse.Namespace) -> None:
             print(json.dumps(report), flush=True)
 
 
+def scale(args: argparse.Namespace) -> None:
+    from skimage.transform import rescale
+
+    model = load_model(args.model)
+    images, masks = all_few_shot()
+    images, masks = images[: args.n_images], masks[: args.n_images]
+    for zoom in args.zooms:
+        zoomed = [rescale(i.astype(np.float32), zoom, order=1) for i in images]
+        labels = [
+            rescale(m, zoom, order=0, preserve_range=True, anti_aliasing=False).astype(np.int32)
+            for m in masks
+        ]
+        for given in (False, True):  # given: each image's true median nucleus diameter
+            rows = [
+                score(model, [image], [truth], diameter=object_diameter(truth) if given else None)
+                for image, truth in zip(zoomed, labels, strict=True)
+            ]
+            report = {
+                "mode": "scale",
+                "zoom": zoom,
+                "median_diameter_px": round(object_diameter(labels), 1),
+                "diameter_given": given,
+            }
+            for key in ("f1@0.5", "matched_iou", "seg"):
+                report[key] = round(float(np.mean([r[key] for r in rows])), 4)
+            print(json.dumps(report), flush=True)
+
+
 def dev(args: argparse.Namespace) -> None:
     from train_pretrained import corpus_ids
 
@@ -169,6 +202,11 @@ def main() -> None:
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--lr", type=float, help="learning rate (default: TrainConfig's)")
     f.set_defaults(func=fine_tune)
+    c = sub.add_parser("scale")
+    c.add_argument("--model", default="nuclei", help="model file or bundled name")
+    c.add_argument("--zooms", type=float, nargs="+", default=[0.5, 2.0, 3.0])
+    c.add_argument("--n-images", type=int, default=20, help="the first N of the 100")
+    c.set_defaults(func=scale)
     d = sub.add_parser("dev")
     d.add_argument("--model", required=True)
     d.add_argument("--n-val", type=int, default=20, help="as given to train_pretrained.py")
