@@ -6,7 +6,9 @@ F1@0.5, mean matched IoU and the Cell Tracking Challenge SEG score.
 ``fine-tune``: the 5-image protocol of ``bench_training_quality.py`` (seeded
 draw of 5 training and 20 test images) at equal CPU budgets, starting from a
 model (``--from``, default the bundled one) or from scratch; also scores the
-starting model zero-shot on the same 20 test images.
+starting model zero-shot on the same 20 test images. ``--dev`` draws 5 + 15
+images from the corpus images that pretraining held out instead, to choose
+fine-tuning settings without looking at the 100.
 
 ``scale``: the images (and labels) zoomed by each ``--zooms`` factor, as if
 taken at another magnification, segmented at the image's own scale and with
@@ -92,7 +94,15 @@ def zero_shot(args: argparse.Namespace) -> None:
 def fine_tune(args: argparse.Namespace) -> None:
     start = None if args.from_model == SCRATCH else load_model(args.from_model)
     for seed in args.seeds:
-        folder, train_ids, test_ids = split("dsb", 5, 20, seed)
+        if args.dev:  # 5 + 15 of the corpus images that pretraining held out
+            from train_pretrained import corpus_ids
+
+            pool = corpus_ids(20, 0)[1]
+            order = np.random.default_rng(seed).permutation(len(pool))
+            folder, train_ids = CORPUS, [pool[i] for i in order[:5]]
+            test_ids = [pool[i] for i in order[5:]]
+        else:
+            folder, train_ids, test_ids = split("dsb", 5, 20, seed)
         images, masks = load(folder, train_ids)
         test_images, test_masks = load(folder, test_ids)
         if start is not None:
@@ -201,6 +211,12 @@ def main() -> None:
     f.add_argument("--cpu-seconds", type=float, nargs="+", default=[60.0, 120.0, 300.0])
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--lr", type=float, help="learning rate (default: TrainConfig's)")
+    f.add_argument(
+        "--dev",
+        action="store_true",
+        help="draw from the 20 corpus images pretraining held out (for choosing settings) "
+        "instead of the 100-image split",
+    )
     f.set_defaults(func=fine_tune)
     c = sub.add_parser("scale")
     c.add_argument("--model", default="nuclei", help="model file or bundled name")
