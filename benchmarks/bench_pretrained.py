@@ -112,6 +112,8 @@ def fine_tune(args: argparse.Namespace) -> None:
             settings = {"seed": seed}
             if args.lr is not None:
                 settings["learning_rate"] = args.lr
+            if args.freeze:
+                settings["freeze"] = "encoder"
             steps = calibrate(images, masks, settings, budget, model=start)
             config = TrainConfig(steps=steps, **settings)
             cpu = time.process_time()
@@ -125,6 +127,7 @@ def fine_tune(args: argparse.Namespace) -> None:
                 "steps": result.steps,
                 "best_step": result.best_step,
                 "learning_rate": result.model.metadata["training"]["learning_rate"],
+                "freeze": config.freeze,
                 "threshold": result.threshold,
                 **score(result.model, test_images, test_masks),
             }
@@ -211,6 +214,7 @@ def main() -> None:
     f.add_argument("--cpu-seconds", type=float, nargs="+", default=[60.0, 120.0, 300.0])
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     f.add_argument("--lr", type=float, help="learning rate (default: TrainConfig's)")
+    f.add_argument("--freeze", action="store_true", help="freeze the encoder")
     f.add_argument(
         "--dev",
         action="store_true",

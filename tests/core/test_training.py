@@ -334,3 +334,33 @@ def test_auto_validation_scores_a_band_of_every_image_and_trains_on_the_rest(dat
         assert (sample.weights[:100] > 0).all() and not sample.weights[104:].any()
     none = TrainConfig(**{**config.__dict__, "validation": "none"})
     assert train(images, labels, config=none, device="cpu").best_score is None
+
+
+def test_freeze_encoder_adapts_only_the_expanding_path(disks):
+    torch.manual_seed(0)
+    start = UNet(depth=2, base_channels=4, norm="batch")
+    image = (disks > 0) * 150.0 + 20
+    config = training.TrainConfig(
+        steps=3, batch_size=1, patch_size=92, freeze="encoder", validation="none"
+    )
+    result = training.train([image], [disks], model=start, config=config, device="cpu")
+    before, after = start.state_dict(), result.model.state_dict()
+    encoder = [k for k in before if k.startswith(("down.", "bottom."))]
+    assert any("running_mean" in k for k in encoder)  # batch-norm statistics kept too
+    assert all(torch.equal(before[k], after[k]) for k in encoder)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("up."))
+    assert all(p.requires_grad for p in result.model.parameters())
+    with pytest.raises(ValueError, match="freeze"):
+        training.TrainConfig(freeze="decoder")
+
+
+def test_learning_rate_none_picks_scratch_or_fine_tuning_rate(disks):
+    image = (disks > 0) * 150.0 + 20
+    config = training.TrainConfig(
+        steps=1, batch_size=1, patch_size=92, depth=2, base_channels=2, validation="none"
+    )
+    new = training.train([image], [disks], config=config, device="cpu")
+    assert new.history[0]["lr"] == pytest.approx(training.SCRATCH_LEARNING_RATE)
+    tuned = training.train([image], [disks], model=new.model, config=config, device="cpu")
+    assert tuned.history[0]["lr"] == pytest.approx(training.FINE_TUNE_LEARNING_RATE)
+    assert tuned.model.metadata["training"]["learning_rate"] == training.FINE_TUNE_LEARNING_RATE

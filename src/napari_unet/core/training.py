@@ -106,6 +106,10 @@ class TrainConfig:
         equally often. The default, no zoom, is best when the images to
         segment have the magnification of the annotated ones; use
         :data:`MULTI_SCALE` when they do not (see docs/benchmarks.md).
+    freeze : {"none", "encoder"}
+        Layers kept fixed when fine-tuning: none, or the contracting path
+        (encoder and bottom, batch-norm statistics included), so only the
+        expanding path and the head adapt.
     validation : {"auto", "none"}
         ``"auto"`` (unless validation data is given) holds out a band at the
         far end of every annotated image, a fifth of its annotated pixels
@@ -148,6 +152,7 @@ class TrainConfig:
     augment: bool = True
     elastic_sigma: float = 10.0
     scales: tuple[float, ...] = (1.0,)
+    freeze: Literal["none", "encoder"] = "none"
     validation: Literal["auto", "none"] = "auto"
     validate_every: int = 100
     patience: int | None = 10
@@ -172,6 +177,8 @@ class TrainConfig:
             raise ValueError(f"`validation` must be 'auto' or 'none', got {self.validation!r}")
         if not self.scales or not all(0.1 <= z <= 10 for z in self.scales):
             raise ValueError(f"`scales` must be zoom factors in [0.1, 10], got {self.scales!r}")
+        if self.freeze not in ("none", "encoder"):
+            raise ValueError(f"`freeze` must be 'none' or 'encoder', got {self.freeze!r}")
         if self.optimizer not in ("adam", "sgd"):
             raise ValueError(f"`optimizer` must be 'adam' or 'sgd', got {self.optimizer!r}")
         if self.norm not in (None, "batch"):
@@ -474,10 +481,14 @@ def iter_train(
     base_lr = config.learning_rate or (
         SCRATCH_LEARNING_RATE if model is None else FINE_TUNE_LEARNING_RATE
     )
+    frozen = [net.down, net.bottom] if config.freeze == "encoder" else []
+    for module in frozen:
+        module.requires_grad_(False)
+    params = [p for p in net.parameters() if p.requires_grad]
     if config.optimizer == "sgd":  # the paper: high momentum, so many past steps count
-        optimizer = torch.optim.SGD(net.parameters(), lr=base_lr, momentum=0.99)
+        optimizer = torch.optim.SGD(params, lr=base_lr, momentum=0.99)
     else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=base_lr)
+        optimizer = torch.optim.Adam(params, lr=base_lr)
     amp = autocast_dtype(dev, cpu=True) if config.mixed_precision else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
@@ -546,6 +557,8 @@ def iter_train(
             group["lr"] = lr
         x, y, w = (torch.from_numpy(a).to(dev) for a in sampler.batch(config.batch_size))
         net.train()
+        for module in frozen:
+            module.eval()  # batch-norm statistics stay those of the start
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             logits = net(x)
         loss = weighted_cross_entropy(logits, y, w, dice_weight=config.dice_weight)
@@ -581,6 +594,7 @@ def iter_train(
     if best_step != step and not val:
         best_step, best_state = step, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
+    net.requires_grad_(True)
     net = net.cpu().eval()
     net.metadata = metadata()
     saved = None
