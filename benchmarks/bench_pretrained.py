@@ -169,17 +169,19 @@ def dev(args: argparse.Namespace) -> None:
     _, val_ids, _ = corpus_ids(args.n_val, args.seed)
     images, masks = load(CORPUS, val_ids)
     probs = [predict_tiled(model, model.normalization(image), device="cpu") for image in images]
-    for threshold in args.thresholds:
-        for expand in args.expand:
-            rows = []
-            for prob, truth in zip(probs, masks, strict=True):
-                labels = probabilities_to_labels(prob, threshold=threshold, expand=expand)
-                match = instance_scores(truth, labels)[0]
-                rows.append((match.f1, match.mean_matched_iou, seg_score(truth, labels)))
-            f1, iou, seg = np.mean(np.array(rows), axis=0)
-            report = {"mode": "dev", "threshold": threshold, "expand": expand}
-            report |= {"f1@0.5": round(f1, 4), "matched_iou": round(iou, 4), "seg": round(seg, 4)}
-            print(json.dumps(report), flush=True)
+    variants = [(t, e, w) for t in args.thresholds for e in args.expand for w in args.split]
+    for threshold, expand, watershed in variants:
+        rows = []
+        for prob, truth in zip(probs, masks, strict=True):
+            labels = probabilities_to_labels(
+                prob, threshold=threshold, expand=expand, split=bool(watershed)
+            )
+            match = instance_scores(truth, labels)[0]
+            rows.append((match.f1, match.mean_matched_iou, seg_score(truth, labels)))
+        f1, iou, seg = np.mean(np.array(rows), axis=0)
+        report = {"mode": "dev", "threshold": threshold, "expand": expand, "split": watershed}
+        report |= {"f1@0.5": round(f1, 4), "matched_iou": round(iou, 4), "seg": round(seg, 4)}
+        print(json.dumps(report), flush=True)
 
 
 def bundle(args: argparse.Namespace) -> None:
@@ -233,6 +235,7 @@ def main() -> None:
     d.add_argument("--seed", type=int, default=0, help="as given to train_pretrained.py")
     d.add_argument("--thresholds", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     d.add_argument("--expand", type=int, nargs="+", default=[0, 1, 2])
+    d.add_argument("--split", type=int, nargs="+", default=[0, 1], help="watershed off/on")
     d.set_defaults(func=dev)
     b = sub.add_parser("bundle")
     b.add_argument("--model", required=True, help="pretrained float32 model file")
