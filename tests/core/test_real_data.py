@@ -32,3 +32,55 @@ def test_tiled_equals_whole_on_an_em_slice(data_dir):
     net = UNet(base_channels=4).eval()
     tiled = predict_tiled(net, image, tile_size=300, device="cpu")
     np.testing.assert_allclose(tiled, whole_image_reference(net, image)[0], atol=2e-5)
+
+
+#: 520 x 696 images of the 100-image split (never used to pretrain)
+DSB_UNSEEN = ["3f9fc8e63f87", "6b61ab2e3ff0", "3ebd2ab34ba8", "62057502c387"]
+
+
+def _dsb(data_dir, short):
+    folder = data_dir / "dsb2018_nuclei_train"
+    name = next((folder / "images").glob(f"{short}*.tif")).name
+    return tifffile.imread(folder / "images" / name), tifffile.imread(folder / "masks" / name)
+
+
+def _segment(model, image, **kwargs):
+    from napari_unet.core.checkpoint import suggested_threshold
+    from napari_unet.core.segment import PlaneDone, iter_segment
+
+    threshold = suggested_threshold(model)
+    for event in iter_segment(model, image, device="cpu", threshold=threshold, **kwargs):
+        if isinstance(event, PlaneDone):
+            return event.labels
+    raise AssertionError("nothing segmented")
+
+
+def test_bundled_model_zero_shot_on_unseen_dsb_images(data_dir):
+    from napari_unet.core.metrics import instance_scores, seg_score
+    from napari_unet.core.pretrained import load_pretrained
+
+    model = load_pretrained("nuclei")
+    scores = []
+    for short in DSB_UNSEEN:
+        image, truth = _dsb(data_dir, short)
+        labels = _segment(model, image)
+        scores.append((instance_scores(truth, labels)[0].f1, seg_score(truth, labels)))
+    f1, seg = np.mean(scores, axis=0)
+    assert f1 >= 0.85 and seg >= 0.75, scores
+
+
+def test_diameter_helps_on_real_nuclei_three_times_larger(data_dir):
+    from skimage.transform import rescale
+
+    from napari_unet.core.metrics import seg_score
+    from napari_unet.core.postprocess import object_diameter
+    from napari_unet.core.pretrained import load_pretrained
+
+    model = load_pretrained("nuclei")
+    image, truth = _dsb(data_dir, DSB_UNSEEN[0])
+    image, truth = image[:256, :256], truth[:256, :256]
+    big = rescale(image.astype(np.float32), 3, order=1)
+    big_truth = rescale(truth, 3, order=0, preserve_range=True, anti_aliasing=False).astype(int)
+    native = seg_score(big_truth, _segment(model, big))
+    rescaled = seg_score(big_truth, _segment(model, big, diameter=object_diameter(big_truth)))
+    assert rescaled > native + 0.05, (native, rescaled)

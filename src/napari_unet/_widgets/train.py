@@ -542,7 +542,12 @@ class TrainWidget(Container):
             return
         planes = (labels.metadata.get(METADATA_KEY) or {}).get("planes", [])
         data = labels.data
-        annotated = [data[p] for p in planes] if planes and data.ndim == 3 else [data]
+        if planes and data.ndim == 3:
+            annotated = [data[p] for p in planes]
+        elif data.ndim == 2 or isinstance(data, np.ndarray):
+            annotated = [data]
+        else:  # an unmarked stack on disk: decided from its painted planes at the start
+            return
         channels = image.data.shape[-1] if image is not None and image.rgb else 1
         self._set_default_start(annotated, channels)
 
