@@ -55,7 +55,7 @@ VALIDATION_SHARE = 0.2
 #: Adam's initial learning rate for a new network and for fine-tuning one
 #: (``TrainConfig(learning_rate=None)``); see docs/benchmarks.md.
 SCRATCH_LEARNING_RATE = 1e-3
-FINE_TUNE_LEARNING_RATE = 1e-3
+FINE_TUNE_LEARNING_RATE = 1e-4
 
 #: Foreground thresholds tried on validation images when none is given.
 CANDIDATE_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))
