@@ -241,3 +241,17 @@ def test_half_precision_files_load_as_float32_and_predict_alike(tmp_path):
     assert (probabilities_to_labels(a) > 0).mean() == pytest.approx(
         (probabilities_to_labels(b) > 0).mean(), abs=0.01
     )
+
+
+def test_fine_tuning_keeps_the_start_threshold_unless_given(bundled):
+    import copy
+
+    images, labels = _tiny_task()
+    start = copy.deepcopy(bundled)
+    start.metadata["threshold"] = 0.42  # not one of the thresholds training tries
+    config = TrainConfig(steps=2, batch_size=1, patch_size=188, validate_every=1)
+    result = train(images, labels, model=start, config=config, device="cpu")
+    assert result.threshold == 0.42 and suggested_threshold(result.model) == 0.42
+    assert all(h.get("threshold", 0.42) == 0.42 for h in result.history)
+    given = TrainConfig(steps=2, batch_size=1, patch_size=188, threshold=0.65)
+    assert train(images, labels, model=start, config=given, device="cpu").threshold == 0.65

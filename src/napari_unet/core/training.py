@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
-from napari_unet.core.checkpoint import save_model
+from napari_unet.core.checkpoint import save_model, suggested_threshold
 from napari_unet.core.dataset import (
     PatchSampler,
     Sample,
@@ -132,8 +132,11 @@ class TrainConfig:
         paper. Batch norm is pointwise at inference, so tiling stays exact.
     threshold : float, optional
         Foreground threshold used to score validation images and stored in
-        the model as its suggested threshold; None picks the best of
-        0.3, 0.35, ..., 0.8 on the validation images (0.5 without validation).
+        the model as its suggested threshold. None picks the best of
+        0.3, 0.35, ..., 0.8 on the validation images (0.5 without validation)
+        for a new network, and keeps the starting model's own threshold when
+        fine-tuning: a threshold re-picked on a few annotated images did not
+        carry over to other images (docs/benchmarks.md).
     min_size : int
         Smallest object (pixels) kept when scoring validation images.
     """
@@ -495,8 +498,11 @@ def iter_train(
     history: list[dict[str, Any]] = []
     best_state = copy.deepcopy(net.state_dict())
     best_step, best_score, stale = 0, None, 0
-    thresholds = CANDIDATE_THRESHOLDS if config.threshold is None else (config.threshold,)
-    best_threshold = 0.5 if config.threshold is None else config.threshold
+    threshold = config.threshold
+    if threshold is None and model is not None:  # fine-tuning keeps its start's threshold
+        threshold = suggested_threshold(model)
+    thresholds = CANDIDATE_THRESHOLDS if threshold is None else (threshold,)
+    best_threshold = 0.5 if threshold is None else threshold
     stopped = "steps"
     start = time.perf_counter()
     budget = config.minutes * 60 if config.minutes else math.inf
