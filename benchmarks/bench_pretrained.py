@@ -114,7 +114,7 @@ def fine_tune(args: argparse.Namespace) -> None:
                 settings["learning_rate"] = args.lr
             if args.freeze:
                 settings["freeze"] = "encoder"
-            steps = calibrate(images, masks, settings, budget, model=start)
+            steps = args.steps or calibrate(images, masks, settings, budget, model=start)
             config = TrainConfig(steps=steps, **settings)
             cpu = time.process_time()
             result = train(images, masks, model=start, config=config, device="cpu")
@@ -215,6 +215,7 @@ def main() -> None:
     f.add_argument("--from", dest="from_model", default="nuclei", help="model, or 'scratch'")
     f.add_argument("--cpu-seconds", type=float, nargs="+", default=[60.0, 120.0, 300.0])
     f.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    f.add_argument("--steps", type=int, help="fixed steps instead of a calibrated CPU budget")
     f.add_argument("--lr", type=float, help="learning rate (default: TrainConfig's)")
     f.add_argument("--freeze", action="store_true", help="freeze the encoder")
     f.add_argument(
