@@ -514,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--lr",
         type=float,
-        help="initial learning rate (Adam; default: 1e-3 from scratch, the fine-tuning rate "
-        "of TrainConfig otherwise)",
+        help="initial learning rate (Adam; default: 1e-3 from scratch, 1e-4 when "
+        "fine-tuning, see TrainConfig)",
     )
     t.add_argument(
         "--weighting",

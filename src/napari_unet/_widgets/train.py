@@ -192,7 +192,7 @@ class TrainWidget(Container):
             step=1e-4,
             label="Learning rate",
             tooltip="Adam's initial learning rate (cosine decay); auto: 1e-3 for a new "
-            "network, TrainConfig's fine-tuning rate when starting from a model",
+            "network, 1e-4 when fine-tuning a model (TrainConfig)",
         )
         self.learning_rate.native.setDecimals(4)
         self.learning_rate.native.setSpecialValueText("auto")
