@@ -116,7 +116,7 @@ def fine_tune(args: argparse.Namespace) -> None:
             if args.freeze:
                 settings["freeze"] = "encoder"
             steps = args.steps or calibrate(images, masks, settings, budget, model=start)
-            config = TrainConfig(steps=steps, **settings)
+            config = TrainConfig(steps=steps, minutes=None, **settings)
             cpu = time.process_time()
             result = train(images, masks, model=start, config=config, device="cpu")
             report = {
@@ -170,17 +170,24 @@ def dev(args: argparse.Namespace) -> None:
     _, val_ids, _ = corpus_ids(args.n_val, args.seed)
     images, masks = load(CORPUS, val_ids)
     probs = [predict_tiled(model, model.normalization(image), device="cpu") for image in images]
-    variants = [(t, e, w) for t in args.thresholds for e in args.expand for w in args.split]
-    for threshold, expand, watershed in variants:
+    variants = [
+        (t, e, w, g)
+        for t in args.thresholds
+        for e in args.expand
+        for w in args.split
+        for g in args.fill_gaps
+    ]
+    for threshold, expand, watershed, gaps in variants:
         rows = []
         for prob, truth in zip(probs, masks, strict=True):
             labels = probabilities_to_labels(
-                prob, threshold=threshold, expand=expand, split=bool(watershed)
+                prob, threshold=threshold, expand=expand, split=bool(watershed), fill_gaps=gaps
             )
             match = instance_scores(truth, labels)[0]
             rows.append((match.f1, match.mean_matched_iou, seg_score(truth, labels)))
         f1, iou, seg = np.mean(np.array(rows), axis=0)
         report = {"mode": "dev", "threshold": threshold, "expand": expand, "split": watershed}
+        report["fill_gaps"] = gaps
         report |= {"f1@0.5": round(f1, 4), "matched_iou": round(iou, 4), "seg": round(seg, 4)}
         print(json.dumps(report), flush=True)
 
@@ -239,6 +246,7 @@ def main() -> None:
     d.add_argument("--thresholds", type=float, nargs="+", default=[0.4, 0.5, 0.6])
     d.add_argument("--expand", type=int, nargs="+", default=[0, 1, 2])
     d.add_argument("--split", type=int, nargs="+", default=[0, 1], help="watershed off/on")
+    d.add_argument("--fill-gaps", type=int, nargs="+", default=[0], help="px between cells")
     d.set_defaults(func=dev)
     b = sub.add_parser("bundle")
     b.add_argument("--model", required=True, help="pretrained float32 model file")

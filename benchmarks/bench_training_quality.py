@@ -84,7 +84,7 @@ def run_training(
 ) -> tuple[UNet, int, float, float]:
     """Train within the step (or calibrated CPU-time) budget; log progress to stderr."""
     steps = args.steps or calibrate(images, masks, settings, args.cpu_seconds)
-    config = TrainConfig(steps=steps, validate_every=steps, **settings)
+    config = TrainConfig(steps=steps, minutes=None, validate_every=steps, **settings)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     gen = iter_train(images, masks, config=config, device="cpu")
     while True:

@@ -33,7 +33,7 @@ def nuclei(seed: int, size: int = 512, n: int = 120) -> tuple[np.ndarray, np.nda
 def per_step(mixed: bool, device: str, steps: int) -> tuple[float, float]:
     """CPU and wall seconds per training step, after 3 warm-up steps."""
     images, labels = zip(*(nuclei(s) for s in range(2)), strict=True)
-    config = TrainConfig(steps=steps + 3, validation="none", mixed_precision=mixed)
+    config = TrainConfig(steps=steps + 3, minutes=None, validation="none", mixed_precision=mixed)
     gen = iter_train(images, labels, config=config, device=device)
     for _ in range(3):
         next(gen)

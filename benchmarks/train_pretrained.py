@@ -92,6 +92,7 @@ def main() -> None:
             continue
         config = TrainConfig(
             steps=args.steps_per_stage,
+            minutes=None,
             batch_size=args.batch_size,
             patch_size=args.patch_size,
             learning_rate=args.lr * args.lr_decay**stage,

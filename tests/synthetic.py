@@ -35,3 +35,10 @@ def cell_stack(n_planes: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
     truth = np.stack([touching_disks(n=n, radius=(6, 11), seed=s) for s in range(n_planes)])
     image = np.stack([image_of(t, seed=s) for s, t in enumerate(truth)])
     return image, truth
+
+
+def membrane_mask(shape: tuple[int, int] = (96, 96), spacing: int = 12) -> np.ndarray:
+    """An EM-like binary mask: 1 = cell interiors, 0 = a thin grid of membranes."""
+    mask = np.ones(shape, np.uint8)
+    mask[::spacing], mask[:, ::spacing] = 0, 0
+    return mask

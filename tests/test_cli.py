@@ -7,7 +7,7 @@ import zarr
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import save_model
 from napari_unet.core.model import UNet
-from napari_unet.core.postprocess import probabilities_to_labels
+from napari_unet.core.postprocess import FILL_GAPS, probabilities_to_labels
 from napari_unet.core.tiling import predict_tiled
 from napari_unet.core.weightmap import unet_weight_map
 
@@ -54,7 +54,7 @@ def test_predict_2d_matches_library(tmp_path, model_file, capsys):
     np.testing.assert_allclose(tifffile.imread(prob), expected, atol=2e-5)
     labels = tifffile.imread(out)
     assert labels.dtype == np.uint32 and labels.shape == image.shape
-    np.testing.assert_array_equal(labels, probabilities_to_labels(expected))
+    np.testing.assert_array_equal(labels, probabilities_to_labels(expected, fill_gaps=FILL_GAPS))
 
 
 def test_predict_uses_the_model_threshold(tmp_path, model_file, capsys):
@@ -75,7 +75,7 @@ def test_predict_uses_the_model_threshold(tmp_path, model_file, capsys):
             ["predict", tmp_path / "own.pt", tmp_path / "img.tif", out, *extra], capsys
         )
         assert code == 0, err
-        expected = probabilities_to_labels(prob, threshold=threshold)
+        expected = probabilities_to_labels(prob, threshold=threshold, fill_gaps=FILL_GAPS)
         np.testing.assert_array_equal(tifffile.imread(out), expected)
     assert (probabilities_to_labels(prob, threshold=own) > 0).sum() < (
         probabilities_to_labels(prob) > 0

@@ -62,19 +62,35 @@ def _progress(total: int, desc: str, unit: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, delay=0.5)
 
 
-def _drain_training(jobs: Any, total: int) -> Any:
-    """Run a training generator with a progress bar (loss, best score, time left)."""
-    with _progress(total, "train", "step") as bar:
+def _clock_text(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}:{secs:02d}"
+
+
+def _drain_training(jobs: Any) -> Any:
+    """Run a training generator with a progress bar of its binding budget (time or steps)."""
+    bar = tqdm(
+        total=1000,
+        desc="train",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        delay=0.5,
+        bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}",
+    )
+    with bar:
         while True:
             try:
                 event = next(jobs)
             except StopIteration as done:
                 return done.value
-            bar.update(event.step - bar.n)
-            info = {"loss": f"{event.loss:.3f}", "left": f"{event.eta:.0f}s"}
+            bar.update(int(event.fraction * 1000) - bar.n)
+            info = (
+                f"step {event.step} [{_clock_text(event.elapsed)}<{_clock_text(event.eta)}]"
+                f" loss {event.loss:.3f}"
+            )
             if event.best_score is not None:
-                info["best"] = f"{event.best_score:.3f}"
-            bar.set_postfix(info)
+                info += f" best {event.best_score:.3f}"
+            bar.set_postfix_str(info, refresh=False)
 
 
 # ---------------------------------------------------------------------------
@@ -87,6 +103,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from napari_unet.core.checkpoint import load_model, suggested_threshold
     from napari_unet.core.io import PlaneWriter, check_output_path, open_image
     from napari_unet.core.segment import PlaneDone, iter_segment
+    from napari_unet.core.tasks import segment_options
     from napari_unet.core.tiling import as_channels_first
 
     check_output_path(args.output, overwrite=args.overwrite)
@@ -99,9 +116,15 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _, lead, _ = as_channels_first(image, model.in_channels)
     shape = (*lead, *image.shape[-2:])
     n_planes = int(np.prod(lead))
+    options = segment_options(model, regions=args.regions)
+    if args.fill_gaps is not None:
+        options["fill_gaps"] = args.fill_gaps
+    mask = options["output"] == "mask"
     with ExitStack() as stack:
         labels_out = stack.enter_context(
-            PlaneWriter(args.output, shape, np.uint32, overwrite=args.overwrite)
+            PlaneWriter(
+                args.output, shape, np.uint8 if mask else np.uint32, overwrite=args.overwrite
+            )
         )
         prob_out = None
         if args.probabilities:
@@ -128,6 +151,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             expand=args.expand,
             tta=args.tta,
             diameter=args.diameter,
+            **options,
         )
         cells = 0
         try:
@@ -160,7 +184,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
-    print(f"napari-unet: {cells} cells in {n_planes} plane(s) -> {args.output}", file=sys.stderr)
+    found = "binary mask (1 = foreground)" if mask else f"{cells} cells"
+    print(f"napari-unet: {found} in {n_planes} plane(s) -> {args.output}", file=sys.stderr)
     return 0
 
 
@@ -229,35 +254,43 @@ def _bundled_names() -> str:
     return available_names()
 
 
-def _starting_model(args: argparse.Namespace, images: list, labels: list) -> Any:
-    """The model ``train`` fine-tunes (None: a new one); says on stderr which and why."""
+def _task(args: argparse.Namespace, labels: list) -> tuple[str, str]:
+    """The task to train for (``--task``, else detected from the labels) and a line saying so."""
+    from napari_unet.core.tasks import check_task, detect_task
+
+    if args.task != "auto":
+        return check_task(args.task), f"napari-unet: task: {args.task} (--task)"
+    choice = detect_task(labels)
+    doubt = "" if choice.certain else "; check it"
+    return choice.task, (
+        f"napari-unet: task: {choice.task} (from the labels: {choice.reason}{doubt}); "
+        "--task to change"
+    )
+
+
+def _starting_model(args: argparse.Namespace, task: str, channels: int) -> tuple[Any, str]:
+    """The model ``train`` fine-tunes (None: a new one) and a line saying which and why."""
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.pretrained import SCRATCH, default_start
 
     start = args.from_model
-    if start is None:
-        channels = 1 if images[0].ndim == 2 else images[0].shape[0]
-        if args.base_channels is not None or args.depth is not None:
-            start, why = SCRATCH, "architecture options given"
-        else:
-            start = default_start(labels, channels) or SCRATCH
-            why = (
-                "the labels are instances"
-                if start != SCRATCH
-                else "the labels are binary masks"
-                if channels == 1
-                else f"the images have {channels} channels"
-            )
-        what = "a new model" if start == SCRATCH else f"from the bundled '{start}' model"
-        print(
-            f"napari-unet: training {what} ({why}); --from MODEL or --from scratch to change",
-            file=sys.stderr,
-        )
-    return None if start == SCRATCH else load_model(start)
+    if start is not None:
+        return (None if start == SCRATCH else load_model(start)), ""
+    if args.base_channels is not None or args.depth is not None:
+        start, why = SCRATCH, "architecture options given"
+    else:
+        start = default_start(task, channels) or SCRATCH
+        why = f"task {task}" if channels == 1 else f"the images have {channels} channels"
+    what = "a new model" if start == SCRATCH else f"from the bundled '{start}' model"
+    says = f"napari-unet: training {what} ({why}); --from MODEL or --from scratch to change"
+    return (None if start == SCRATCH else load_model(start)), says
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from napari_unet.core.training import MULTI_SCALE, TrainConfig, iter_train
+    import dataclasses
+
+    from napari_unet.core.tasks import task_config
+    from napari_unet.core.training import MULTI_SCALE, iter_train
 
     out = Path(args.out)
     if out.suffix.lower() != ".pt":
@@ -266,27 +299,38 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"output folder does not exist: {out.parent}")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.minutes is not None and args.minutes < 0:
+        raise ValueError(f"--minutes must be >= 0 (0 = no time limit), got {args.minutes}")
     images, labels = _read_pairs(args.image, args.labels)
     val_images, val_labels = _read_pairs(args.validation_image, args.validation_labels)
-    model = _starting_model(args, images, labels)
-    defaults = TrainConfig()
-    config = TrainConfig(
+    task, says = _task(args, labels)
+    channels = 1 if images[0].ndim == 2 else images[0].shape[0]
+    model, start_says = _starting_model(args, task, channels)
+    print("\n".join(filter(None, [says, start_says])), file=sys.stderr)
+    config = task_config(
+        task,
+        len(images),
         steps=args.steps,
-        minutes=args.minutes,
+        minutes=args.minutes or None,
         seed=args.seed,
         batch_size=args.batch_size,
         patch_size=args.patch_size,
         learning_rate=args.lr,
-        base_channels=args.base_channels or defaults.base_channels,
-        depth=args.depth or defaults.depth,
+        base_channels=args.base_channels,
+        depth=args.depth,
         weighting=args.weighting,
         w0=args.w0,
         sigma=args.sigma,
-        scales=MULTI_SCALE if args.scale_augment else (1.0,),
-        norm=None if args.norm == "none" else args.norm,
-        mixed_precision=not args.float32,
-        validation="none" if args.no_validation else "auto",
-        validate_every=min(args.validate_every, args.steps),
+        scales=MULTI_SCALE if args.scale_augment else None,
+        mixed_precision=False if args.float32 else None,
+        validation="none" if args.no_validation else None,
+        validate_every=args.validate_every,
+    )
+    config = dataclasses.replace(
+        config,
+        minutes=None if args.minutes == 0 else config.minutes,
+        norm=None if args.norm == "none" else config.norm,
+        validate_every=min(config.validate_every, config.steps),
     )
     with _StopOnSigint("stopping after this step, keeping the best model") as stop:
         jobs = iter_train(
@@ -300,7 +344,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             validation_labels=val_labels,
             should_stop=lambda: stop.requested,
         )
-        result = _drain_training(jobs, config.steps)
+        result = _drain_training(jobs)
     score = (
         ""
         if result.best_score is None
@@ -378,7 +422,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         config=config,
         device=args.device,
     )
-    result = _drain_training(jobs, config.steps)
+    result = _drain_training(jobs)
     save_model(model_path, result.model, demo=True)
     labels = segment_and_score(result.model, f"fine-tuned ({result.steps} steps)")
     tifffile.imwrite(labels_path, labels, compression="zlib")
@@ -418,7 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="segment a 2D image or a stack with a trained model",
         description="Segment INPUT (2D image or stack; TIFF or zarr) plane by plane with "
-        "overlap-tile inference and write instance labels (uint32) to OUTPUT.",
+        "overlap-tile inference and write instance labels (uint32) to OUTPUT; a model "
+        "trained for membranes writes its binary mask (uint8, 1 = interior) instead.",
         formatter_class=_Formatter,
     )
     p.add_argument(
@@ -454,6 +499,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         help="grow cells by this many pixels (without merging them)",
+    )
+    p.add_argument(
+        "--fill-gaps",
+        type=int,
+        help="give touching cells back up to this many pixels each of the gap between them "
+        "(default: 1 for cells, 0 for membranes)",
+    )
+    p.add_argument(
+        "--regions",
+        action="store_true",
+        help="membranes models: write the connected regions (uint32 ids) instead of the mask",
     )
     p.add_argument(
         "--tta",
@@ -497,8 +553,20 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the bundled 'nuclei' model for instance labels on single-channel images, "
         "else scratch)",
     )
-    t.add_argument("--steps", type=int, default=1000, help="optimisation steps")
-    t.add_argument("--minutes", type=float, help="wall-time budget")
+    t.add_argument(
+        "--task",
+        choices=["auto", "cells", "membranes"],
+        default="auto",
+        help="cells / nuclei (instance labels; instance output) or membranes / regions "
+        "(a binary mask with a thin background network such as EM membranes; mask "
+        "output); auto: detected from the labels",
+    )
+    t.add_argument(
+        "--minutes",
+        type=float,
+        help="wall-time budget, final validation included (default: 5; 0 = no limit)",
+    )
+    t.add_argument("--steps", type=int, help="most optimisation steps (default: 10000, a cap)")
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument(
@@ -509,8 +577,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--depth", type=int, help="poolings of a new model (implies --from scratch; default 4)"
     )
-    t.add_argument("--batch-size", type=int, default=2, help="patches per step")
-    t.add_argument("--patch-size", type=int, default=380, help="input patch edge (pixels)")
+    t.add_argument("--batch-size", type=int, help="patches per step (default: 2; membranes 1)")
+    t.add_argument(
+        "--patch-size", type=int, help="input patch edge in pixels (default: 380; membranes 572)"
+    )
     t.add_argument(
         "--lr",
         type=float,
@@ -520,15 +590,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--weighting",
         choices=["border", "unet", "balanced", "none"],
-        default="border",
-        help="loss weights: the paper's border term (default), its full weight map (class "
-        "balance + border term), class balance only, or none",
+        help="loss weights: the paper's border term (default for cells), its full weight map "
+        "(class balance + border term), class balance only, or none (default for membranes)",
     )
     t.add_argument(
         "--norm",
         choices=["batch", "none"],
-        default="batch",
-        help="normalization layers of a new model (none = the paper's)",
+        help="normalization layers of a new model (default: batch; none = the paper's)",
     )
     t.add_argument(
         "--scale-augment",
@@ -542,8 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="no mixed precision (by default bfloat16/float16 autocast on CUDA and on CPUs "
         "with native bfloat16)",
     )
-    t.add_argument("--w0", type=float, default=10.0, help="weight-map border weight")
-    t.add_argument("--sigma", type=float, default=5.0, help="weight-map border width (px)")
+    t.add_argument("--w0", type=float, help="weight-map border weight (default: 10)")
+    t.add_argument("--sigma", type=float, help="weight-map border width (px; default: 5)")
     t.add_argument(
         "--validation-image",
         action="append",
@@ -551,8 +619,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation image (repeat); default: hold out the far fifth of every --image",
     )
     t.add_argument("--validation-labels", action="append", default=[], help="its labels")
-    t.add_argument("--validate-every", type=int, default=100, help="steps between validations")
-    t.add_argument("--no-validation", action="store_true", help="train on every image")
+    t.add_argument("--validate-every", type=int, help="steps between validations (default: 100)")
+    t.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="train on every image (the default for membranes with <= 2 images)",
+    )
     t.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     t.set_defaults(func=_cmd_train)
 

@@ -165,11 +165,10 @@ def test_cli_predict_accepts_the_name(bundled, tmp_path, capsys):
     np.testing.assert_array_equal(tifffile.imread(out), expected)
 
 
-def test_default_start_follows_the_labels():
-    disks = touching_disks()
-    assert default_start([disks]) == "nuclei"
-    assert default_start([(disks > 0).astype(np.uint8)]) is None  # a binary mask
-    assert default_start([disks], in_channels=3) is None
+def test_default_start_follows_the_task():
+    assert default_start("cells") == "nuclei"
+    assert default_start("membranes") is None
+    assert default_start("cells", in_channels=3) is None
 
 
 def _tiny_task():
@@ -201,16 +200,20 @@ def test_fine_tuning_never_returns_worse_than_its_start_on_validation(bundled):
     assert result.best_score == result.history[0]["score"]
 
 
-def test_cli_train_starts_from_the_bundled_model_for_instances(tmp_path, capsys):
+def test_cli_train_starts_from_the_bundled_model_for_cells(tmp_path, capsys):
     truth = touching_disks((96, 96), n=10, seed=4)
     image = (gaussian((truth > 0) * 150.0, 1) + 20).astype(np.uint8)
+    membranes = np.ones((96, 96), np.uint8)
+    membranes[::12], membranes[:, ::12] = 0, 0
     tifffile.imwrite(tmp_path / "img.tif", image)
     tifffile.imwrite(tmp_path / "inst.tif", truth)
     tifffile.imwrite(tmp_path / "mask.tif", (truth > 0).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "membranes.tif", membranes)
     short = ["--steps", "2", "--patch-size", "188", "--batch-size", "1", "--device", "cpu"]
     runs = {
-        "inst.tif": ([], "from the bundled 'nuclei' model", "nuclei"),
-        "mask.tif": ([], "a new model (the labels are binary masks)", "scratch"),
+        "inst.tif": ([], "from the bundled 'nuclei' model (task cells)", "nuclei"),
+        "mask.tif": ([], "from the bundled 'nuclei' model (task cells)", "nuclei"),
+        "membranes.tif": ([], "a new model (task membranes)", "scratch"),
     }
     for labels, (extra, says, start) in runs.items():
         out = tmp_path / f"{labels}.pt"

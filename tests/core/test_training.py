@@ -365,3 +365,42 @@ def test_learning_rate_none_picks_scratch_or_fine_tuning_rate(disks):
     tuned = training.train([image], [disks], model=new.model, config=config, device="cpu")
     assert tuned.history[0]["lr"] == pytest.approx(training.FINE_TUNE_LEARNING_RATE)
     assert tuned.model.metadata["training"]["learning_rate"] == training.FINE_TUNE_LEARNING_RATE
+
+
+def test_time_budget_ends_training_on_time_final_validation_included(data, monkeypatch):
+    """A fake clock: each step costs 1 s and each validation 5 s; the budget is 60 s."""
+    now = [0.0]
+    monkeypatch.setattr(training, "_clock", lambda: now[0])
+    batch, score = PatchSampler.batch, training.evaluate
+
+    def slow_batch(self, n):
+        now[0] += 1.0
+        return batch(self, n)
+
+    def slow_evaluate(*args, **kwargs):
+        now[0] += 5.0
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(PatchSampler, "batch", slow_batch)
+    monkeypatch.setattr(training, "evaluate", slow_evaluate)
+    train_set, _ = data
+    config = TrainConfig(
+        minutes=1.0, validate_every=20, batch_size=1, patch_size=92, depth=3, base_channels=4
+    )
+    assert config.steps == 10_000  # a cap: the time budget ends the run
+    gen = iter_train([train_set[0][0]], [train_set[0][1]], config=config, device="cpu")
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            result = done.value
+            break
+    # 45 steps (1 s each) + 2 validations during training + the final one (5 s each)
+    assert result.stopped == "time" and result.steps == 45
+    assert 0.9 * 60 <= result.elapsed <= 60
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and 0.9 <= fractions[-1] <= 1.0
+    for event in events:  # the ETA is the time that was left, within 15 %
+        left = result.elapsed - event.elapsed
+        assert abs(event.eta - left) <= 0.15 * left + 1e-9

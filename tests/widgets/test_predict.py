@@ -416,3 +416,28 @@ def test_object_size_reaches_the_segmentation(disks_viewer, qtbot, monkeypatch):
     widget.diameter.value = 5000.0  # far outside what rescaling allows
     with pytest.raises(ValueError, match="too far"):
         widget.start()
+
+
+def test_a_membranes_model_writes_its_mask_or_its_regions(stack_viewer, qtbot):
+    viewer = stack_viewer
+    model = threshold_unet()
+    model.metadata = {"task": "membranes"}
+    widget = open_predict(viewer, scope="stack")
+    get_session(viewer).set_model(model)
+    assert not widget.regions.native.isHidden() and "binary mask output" in widget.model_info.value
+    image = viewer.layers["cells"].data
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    mask = np.asarray(viewer.layers[widget.output_name()].data)
+    np.testing.assert_array_equal(mask, core_segment(model, image, output="mask"))
+    assert set(np.unique(mask)) == {0, 1} and "binary mask" in widget.status.value
+
+    widget.regions.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    regions = np.asarray(viewer.layers[widget.output_name()].data)
+    np.testing.assert_array_equal(regions, core_segment(model, image, min_size=4, fill_gaps=0))
+    assert regions.max() > 1 and "cells" in widget.status.value
+
+    get_session(viewer).set_model(threshold_unet())  # a cells model: no regions choice
+    assert widget.regions.native.isHidden()

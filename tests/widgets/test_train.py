@@ -56,6 +56,10 @@ def test_train_sets_session_model_and_plots(annotated, qtbot):
     worker = widget.start()
     assert widget.is_running
     assert not widget.train_button.enabled and widget.stop_button.enabled
+    bar = widget.progress_bar  # napari's activity-dock progress bar
+    assert bar is not None and bar.total == 1000
+    shown = []
+    worker.yielded.connect(lambda event: shown.append(bar.n))
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
 
     result = widget.last_result
@@ -73,10 +77,12 @@ def test_train_sets_session_model_and_plots(annotated, qtbot):
     # a band of each plane was held out for validation; it ran at least at the last step
     assert widget.plot.validation_steps and widget.plot.validation_steps[-1] == 6
     assert 0.0 <= widget.plot.ious[-1] <= 1.0
-    assert "step 6/6" in widget.status.value or "Done" in widget.status.value
+    assert "Done" in widget.status.value
     assert widget.train_button.enabled and not widget.stop_button.enabled
     assert widget.save_button.enabled
-    assert worker.pbar is not None  # napari's activity-dock progress bar
+    # the bar follows the binding budget: here the 6 steps (no time limit)
+    assert shown == sorted(shown) and shown[-1] == 1000
+    assert widget.progress_bar is None  # closed with the job
     from napari_unet._widgets._settings import load_settings
 
     saved = load_settings()  # the form's choices are remembered
@@ -250,11 +256,14 @@ def test_no_validation_message_follows_the_run_not_the_checkbox(annotated, qtbot
 
 @pytest.fixture
 def two_kinds(make_napari_viewer):
-    """A 96x96 image with an instance-labels layer and a binary-mask layer of it."""
+    """A 96x96 image with instance labels, a binary mask of them and a membrane-like mask."""
     viewer = make_napari_viewer()
     truth = touching_disks()
+    membranes = np.ones((96, 96), np.uint8)
+    membranes[::12], membranes[:, ::12] = 0, 0
     viewer.add_image(image_of(truth), name="cells")
-    for name, data in (("instances", truth), ("mask", (truth > 0).astype(np.uint8))):
+    layers = {"instances": truth, "mask": (truth > 0).astype(np.uint8), "membranes": membranes}
+    for name, data in layers.items():
         annotation_info(viewer.add_labels(data, name=name))["image"] = "cells"
     return viewer
 
@@ -274,25 +283,37 @@ def test_default_start_follows_the_labels_until_picked(two_kinds):
     widget.labels_layer.value = viewer.layers["instances"]
     assert widget.start_from.value == "nuclei"
     assert not widget.base_channels.enabled  # the bundled model's architecture is kept
-    widget.labels_layer.value = viewer.layers["mask"]
+    widget.labels_layer.value = viewer.layers["mask"]  # a binary mask of nuclei: cells too
+    assert widget.task.value == "cells" and widget.start_from.value == "nuclei"
+    widget.labels_layer.value = viewer.layers["membranes"]
+    assert widget.task.value == "membranes" and "thin background" in widget.task_info.value
     assert widget.start_from.value == "scratch" and widget.base_channels.enabled
+    # the membranes preset: no weights, larger patches, no validation band (one example)
+    assert widget.weighting.value == "none" and widget.patch_size.value == 572
+    assert widget.batch_size.value == 1 and not widget.validate.value
     widget.labels_layer.value = viewer.layers["instances"]
-    assert widget.start_from.value == "nuclei"
+    assert widget.start_from.value == "nuclei" and widget.task.value == "cells"
+    assert widget.weighting.value == "border" and widget.patch_size.value == 380
+    assert widget.validate.value
 
-    # the annotated planes decide: an empty layer starts from scratch until cells
-    # are painted and the plane is marked as annotated
+    # the annotated planes decide: an empty layer is taken for cells (unsure) until
+    # membranes are painted and the plane is marked as annotated
     empty = viewer.add_labels(np.zeros((2, 96, 96), np.uint16), name="stack")
     widget.labels_layer.value = empty
-    assert widget.start_from.value == "scratch"
-    empty.data[1] = touching_disks()
+    assert widget.start_from.value == "nuclei" and "unsure" in widget.task_info.value
+    empty.data[1] = viewer.layers["membranes"].data
     annotation_info(empty)["planes"] = [1]
     empty.events.metadata()  # as the Annotate widget does when a plane is marked
-    assert widget.start_from.value == "nuclei"
+    assert widget.start_from.value == "scratch" and widget.task.value == "membranes"
 
     # a choice made by hand is kept
     widget.start_from.value = "current"
-    widget.labels_layer.value = viewer.layers["mask"]
+    widget.labels_layer.value = viewer.layers["membranes"]
     assert widget.start_from.value == "current"
+    widget.task.value = "cells"  # by hand
+    assert widget.task_info.value == "Chosen by hand." and widget.patch_size.value == 380
+    widget.labels_layer.value = viewer.layers["membranes"]
+    assert widget.task.value == "cells"
     widget.start_from.value = "scratch"
     widget.labels_layer.value = viewer.layers["instances"]
     assert widget.start_from.value == "scratch" and widget.base_channels.enabled

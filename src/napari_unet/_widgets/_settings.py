@@ -19,7 +19,7 @@ DEFAULTS: dict[str, Any] = {
     "tile_size": 0,  # 0 = automatic
     "device": "auto",
     "base_channels": 16,
-    "steps": 500,
+    "steps": 10_000,  # a cap: the time budget ends training (TrainConfig)
     "minutes": 5.0,
 }
 

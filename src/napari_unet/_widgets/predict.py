@@ -178,6 +178,13 @@ class PredictWidget(Container):
             "without merging cells (restores the rim that training with "
             "separated touching cells leaves out)",
         )
+        self.regions = CheckBox(
+            text="Connected regions instead of the mask",
+            value=False,
+            tooltip="Membranes models output a binary mask (1 = interior); this labels "
+            "each enclosed region with its own id instead",
+            visible=False,
+        )
         self.tta = CheckBox(
             text="Test-time augmentation (8 flips/rotations, 8x slower)", value=False
         )
@@ -216,6 +223,7 @@ class PredictWidget(Container):
                 self.min_size,
                 self.split,
                 self.expand,
+                self.regions,
                 self.tta,
                 self.show_probabilities,
                 buttons,
@@ -285,6 +293,7 @@ class PredictWidget(Container):
             object_zoom,
             resolve_tiling,
         )
+        from napari_unet.core.tasks import segment_options
         from napari_unet.core.tiling import TestTimeAugmentation, as_channels_first
 
         if self.is_running:
@@ -319,6 +328,7 @@ class PredictWidget(Container):
 
         # one progress step per batch of tiles and per finished plane, and one for
         # the probabilities resized back when the plane was rescaled
+        options = segment_options(model, regions=bool(self.regions.value))
         per_plane = count_batches(geometry, shape, region, tile, batch, zoom) + 1
         total = (per_plane + (zoom != 1.0)) * len(planes)
         worker = create_worker(
@@ -338,6 +348,7 @@ class PredictWidget(Container):
             channel_axis=-3 if channels else None,
             first_label=first_label,
             diameter=diameter,
+            **options,
             _progress={"total": total, "desc": "U-Net prediction"},
         )
         self._job = {
@@ -347,6 +358,7 @@ class PredictWidget(Container):
             "planes_done": 0,
             "n_planes": len(planes),
             "cells": 0,
+            "mask": options["output"] == "mask",
         }
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_returned)
@@ -582,9 +594,9 @@ class PredictWidget(Container):
 
     def _on_returned(self, next_label: int) -> None:
         job = self._job
+        found = "binary mask (1 = interior)" if job["mask"] else f"{job['cells']} cells"
         self.status.value = (
-            f"Done: {job['cells']} cells in {job['planes_done']} plane(s) → "
-            f"'{job['labels'].name}'."
+            f"Done: {found} in {job['planes_done']} plane(s) → '{job['labels'].name}'."
         )
 
     def _on_aborted(self) -> None:
@@ -669,6 +681,7 @@ class PredictWidget(Container):
             self.diameter.tooltip = DIAMETER_TOOLTIP
             return
         from napari_unet.core.checkpoint import suggested_diameter, suggested_threshold
+        from napari_unet.core.tasks import model_task
 
         if source in pretrained_models():
             text = f"Bundled {source} model: {pretrained_models()[source]}"
@@ -686,7 +699,10 @@ class PredictWidget(Container):
         else:
             size = f"trained on objects ~{trained:.0f} px across"
         self.diameter.tooltip = f"{DIAMETER_TOOLTIP}\nThis model: {size}."
-        self.model_info.value = f"{text}; threshold {self.threshold.value:.2f}; {size}"
+        membranes = model_task(model) == "membranes"
+        self.regions.visible = membranes
+        output = "membranes: binary mask output" if membranes else "cells: instance output"
+        self.model_info.value = f"{text}; {output}; threshold {self.threshold.value:.2f}; {size}"
 
     def _on_image_changed(self, value: Any = None) -> None:
         image = self.image_layer.value

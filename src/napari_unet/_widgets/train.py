@@ -31,6 +31,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_unet._widgets._session import METADATA_KEY, get_session
 from napari_unet._widgets._settings import autosave_path, load_settings, save_settings
 from napari_unet.core.pretrained import SCRATCH, default_start, pretrained_models
+from napari_unet.core.tasks import TASKS, detect_task
 
 if TYPE_CHECKING:
     import napari
@@ -47,6 +48,8 @@ START_CHOICES = [
     ("current model", "current"),
     ("model file", "file"),
 ]
+#: "Task" choices: (label shown, task name).
+TASK_CHOICES = [("cells / nuclei", "cells"), ("membranes / regions", "membranes")]
 DEVICES = ["auto", "cpu", "cuda", "mps"]
 BASE_CHANNELS = [8, 16, 32, 64]
 
@@ -100,14 +103,21 @@ class TrainWidget(Container):
         Annotations (Labels layer) and the image they annotate.
     all_layers : CheckBox
         Also use every other annotated Labels layer of the viewer.
+    task : ComboBox
+        ``"cells"`` or ``"membranes"`` (:mod:`napari_unet.core.tasks`). Until the
+        user picks one, it follows :func:`~napari_unet.core.tasks.detect_task`
+        of the annotations; choosing one sets the fields of its preset.
     start_from : ComboBox
         A bundled model's name (e.g. ``"nuclei"``), ``"scratch"``, ``"current"``
         (the session's model) or ``"file"``. Until the user picks one, it follows
         :func:`~napari_unet.core.pretrained.default_start` of the annotations.
-    steps, minutes : SpinBox, FloatSpinBox
-        Budget: optimisation steps and wall time (0 = no time limit).
+    minutes, steps : FloatSpinBox, SpinBox
+        Budget: wall time (0 = no time limit) and the most optimisation steps.
     plot : TrainingPlot
         Live loss / validation plot.
+    progress_bar : napari.utils.progress or None
+        The running job's bar in napari's activity dock (per mille of the
+        binding budget, time or steps).
     last_result : TrainResult or None
         Result of the last finished training.
     """
@@ -121,6 +131,9 @@ class TrainWidget(Container):
         self._hooked_labels: Any = None
         self._hooked_regions: Any = None
         self._start_picked = False  # the user chose "Start from": keep it
+        self._task_picked = False  # the user chose "Task": keep it
+        self._n_examples = 1
+        self.progress_bar: Any = None
         self._job_start: str | None = None
         self.last_result: TrainResult | None = None
         settings = load_settings()
@@ -129,6 +142,13 @@ class TrainWidget(Container):
         self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
         self.all_layers = CheckBox(text="Also use other annotated layers", value=False)
         self.data_info = Label(value="", label="Training data")
+        self.task = ComboBox(
+            choices=TASK_CHOICES,
+            value="cells",
+            label="Task",
+            tooltip="\n".join(f"{name}: {text}" for name, text in TASKS.items()),
+        )
+        self.task_info = Label(value="")
         self.start_from = ComboBox(
             choices=START_CHOICES,
             value=SCRATCH,
@@ -139,16 +159,22 @@ class TrainWidget(Container):
             + "\n".join(f"{name}: {text}" for name, text in pretrained_models().items()),
         )
         self.model_file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
-        self.steps = SpinBox(
-            value=int(settings["steps"]), min=1, max=1_000_000, step=50, label="Steps"
-        )
         self.minutes = FloatSpinBox(
             value=float(settings["minutes"]),
             min=0.0,
             max=10_000.0,
             step=1.0,
-            label="Max minutes",
-            tooltip="Wall-time budget; 0 = no time limit",
+            label="Minutes",
+            tooltip="Time budget: training (final validation included) ends when it is "
+            "spent; 0 = no time limit",
+        )
+        self.steps = SpinBox(
+            value=int(settings["steps"]),
+            min=1,
+            max=1_000_000,
+            step=50,
+            label="Max steps",
+            tooltip="Most optimisation steps (a cap; the time budget normally ends training)",
         )
         base = int(settings["base_channels"])
         self.base_channels = ComboBox(
@@ -225,10 +251,12 @@ class TrainWidget(Container):
                 self.image_layer,
                 self.all_layers,
                 self.data_info,
+                self.task,
+                self.task_info,
                 self.start_from,
                 self.model_file,
-                self.steps,
                 self.minutes,
+                self.steps,
                 self.base_channels,
                 self.device,
                 self.weighting,
@@ -244,7 +272,7 @@ class TrainWidget(Container):
             ]
         )
 
-        for label in (self.data_info, self.status):
+        for label in (self.data_info, self.task_info, self.status):
             label.native.setWordWrap(True)
         from napari_unet._widgets._plot import TrainingPlot
 
@@ -254,6 +282,7 @@ class TrainWidget(Container):
         self.labels_layer.changed.connect(self._on_labels_changed)
         viewer.layers.events.inserted.connect(self.update_summary)
         viewer.layers.events.removed.connect(self.update_summary)
+        self.task.changed.connect(self._on_task_changed)
         self.start_from.changed.connect(self._on_start_from_changed)
         self.weighting.changed.connect(self._on_weighting_changed)
         self.train_button.changed.connect(self._on_train_clicked)
@@ -292,7 +321,7 @@ class TrainWidget(Container):
         self.update_summary()
         crops, sources = self._collect_crops()
         channels = 1 if crops[0].image.ndim == 2 else crops[0].image.shape[0]
-        self._set_default_start([c.labels for c in crops], channels)
+        self._follow_labels([c.labels for c in crops], channels, [c.mask for c in crops])
         model = self._starting_model()
         if model is not None and model.in_channels != channels:
             raise ValueError(
@@ -323,8 +352,11 @@ class TrainWidget(Container):
             device=self.device.value,
             checkpoint=autosave_path(),
             should_stop=self._stop_event.is_set,
-            _progress={"total": config.steps, "desc": "Training U-Net"},
         )
+        from napari.utils import progress
+
+        # the bar counts the binding budget (time or steps), not the step cap
+        self.progress_bar = progress(total=1000, desc="Training U-Net")
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(self._on_trained)
         worker.errored.connect(self._on_errored)
@@ -486,6 +518,7 @@ class TrainWidget(Container):
         steps = int(self.steps.value)
         minutes = float(self.minutes.value)
         return TrainConfig(
+            task=self.task.value,
             steps=steps,
             minutes=minutes if minutes > 0 else None,
             batch_size=int(self.batch_size.value),
@@ -549,15 +582,44 @@ class TrainWidget(Container):
         else:  # an unmarked stack on disk: decided from its painted planes at the start
             return
         channels = image.data.shape[-1] if image is not None and image.rgb else 1
-        self._set_default_start(annotated, channels)
+        self._follow_labels(annotated, channels)
 
-    def _set_default_start(self, labels: list[Any], channels: int) -> None:
-        """Start from the default for ``labels`` unless the user picked a start by hand."""
-        if self._start_picked:
-            return
-        with self.start_from.changed.blocked():
-            self.start_from.value = default_start(labels, channels) or SCRATCH
-        self._show_start()
+    def _follow_labels(
+        self, labels: list[Any], channels: int, masks: list[Any] | None = None
+    ) -> None:
+        """Task and start detected from ``labels``, unless the user picked them by hand."""
+        self._n_examples = len(labels)
+        if not self._task_picked:
+            choice = detect_task([np.asarray(lab) for lab in labels], masks)
+            doubt = "" if choice.certain else " (unsure: check it)"
+            self.task_info.value = f"From the labels: {choice.reason}{doubt}."
+            if choice.task != self.task.value:  # fields the user set stay until the task changes
+                with self.task.changed.blocked():
+                    self.task.value = choice.task
+                self._apply_task_preset()
+        if not self._start_picked:
+            with self.start_from.changed.blocked():
+                self.start_from.value = default_start(self.task.value, channels) or SCRATCH
+            self._show_start()
+
+    def _apply_task_preset(self) -> None:
+        """Set the fields that the chosen task's preset decides."""
+        from napari_unet.core.tasks import task_config
+
+        config = task_config(self.task.value, self._n_examples)
+        self.weighting.value = config.weighting
+        self.patch_size.value = config.patch_size
+        self.batch_size.value = config.batch_size
+        self.validate.value = config.validation == "auto"
+
+    def _on_task_changed(self, value: Any = None) -> None:
+        self._task_picked = True
+        self.task_info.value = "Chosen by hand."
+        self._apply_task_preset()
+        if not self._start_picked:
+            with self.start_from.changed.blocked():
+                self.start_from.value = default_start(self.task.value) or SCRATCH
+            self._show_start()
 
     def update_summary(self, event: Any = None) -> str:
         """Describe what the chosen Labels layer marks as annotated (shown in the form)."""
@@ -604,7 +666,13 @@ class TrainWidget(Container):
 
     def _on_progress(self, event: TrainProgress) -> None:
         self.plot.add_loss(event.step, event.loss)
-        parts = [f"step {event.step}/{event.total_steps}", f"loss {event.loss:.3f}"]
+        if self.progress_bar is not None:
+            self.progress_bar.update(int(event.fraction * 1000) - self.progress_bar.n)
+        parts = [
+            f"step {event.step}",
+            f"{event.fraction:.0%} of the budget",
+            f"loss {event.loss:.3f}",
+        ]
         if event.validation is not None:
             v = event.validation
             self.plot.add_validation(event.step, v["iou"], v["f1"])
@@ -652,6 +720,9 @@ class TrainWidget(Container):
 
     def _on_finished(self) -> None:
         self._worker = None
+        if self.progress_bar is not None:
+            self.progress_bar.close()
+            self.progress_bar = None
         self._set_running(False)
 
     def _set_running(self, running: bool) -> None:
@@ -663,6 +734,7 @@ class TrainWidget(Container):
         for widget in (
             self.labels_layer,
             self.image_layer,
+            self.task,
             self.start_from,
             self.steps,
             self.minutes,

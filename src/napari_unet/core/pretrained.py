@@ -14,9 +14,6 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-from numpy.typing import ArrayLike
-
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.model import UNet
 
@@ -81,15 +78,16 @@ def load_pretrained(name: str) -> UNet:
     return load_model(model_file(name))
 
 
-def default_start(labels: ArrayLike | list[ArrayLike], in_channels: int = 1) -> str | None:
-    """The model that training on ``labels`` starts from unless told otherwise.
+def default_start(task: str, in_channels: int = 1) -> str | None:
+    """The model that training for ``task`` starts from unless told otherwise.
 
-    Instance labels (some image with ids above 1) on single-channel images
-    start from the bundled nuclei model; binary masks (semantic data such as
-    EM membranes) and multi-channel images start from scratch (None).
+    The cells task (:func:`~napari_unet.core.tasks.detect_task`) on
+    single-channel images starts from the bundled nuclei model; membranes
+    and multi-channel images start from scratch (None).
+
+    Examples
+    --------
+    >>> default_start("cells"), default_start("membranes"), default_start("cells", 3)
+    ('nuclei', None, None)
     """
-    if in_channels != 1:
-        return None
-    items = labels if isinstance(labels, list) else [labels]
-    instances = any(np.asarray(lab).max(initial=0) > 1 for lab in items)
-    return DEFAULT_PRETRAINED if instances else None
+    return DEFAULT_PRETRAINED if task == "cells" and in_channels == 1 else None

@@ -13,7 +13,7 @@ import math
 import mmap
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -22,7 +22,11 @@ from napari_unet.core.checkpoint import suggested_diameter
 from napari_unet.core.device import select_device
 from napari_unet.core.io import ImageReadError
 from napari_unet.core.model import UNet
-from napari_unet.core.postprocess import probabilities_to_labels
+from napari_unet.core.postprocess import (
+    FILL_GAPS,
+    foreground_probability,
+    probabilities_to_labels,
+)
 from napari_unet.core.tiling import (
     TestTimeAugmentation,
     as_channels_first,
@@ -84,11 +88,12 @@ class PlaneDone:
         Planes in the job.
     region : (slice, slice)
         The part of the plane that was segmented (the whole plane by default).
-    labels : ndarray of uint32, shape of ``region``
-        Instance labels, ids offset to be unique across the job.
+    labels : ndarray of uint32 (instances) or uint8 (mask), shape of ``region``
+        Instance labels, ids offset to be unique across the job; or, for
+        ``output="mask"``, the binary foreground mask (1 = foreground).
     probabilities : ndarray of float32, shape (n_classes, *shape of region)
     n_objects : int
-        Cells found in this plane.
+        Cells found in this plane (0 for a mask).
     """
 
     plane: int
@@ -208,10 +213,12 @@ def iter_segment(
     min_size: int = 16,
     split: bool = False,
     expand: int = 0,
+    fill_gaps: int = FILL_GAPS,
     tta: bool = False,
     channel_axis: int | None = None,
     first_label: int = 1,
     diameter: float | None = None,
+    output: Literal["instances", "mask"] = "instances",
 ) -> Generator[SegmentProgress | PlaneDone, None, int]:
     """Segment the planes of ``image``, yielding tile progress and finished planes.
 
@@ -228,7 +235,7 @@ def iter_segment(
         result equals that part of a whole-plane segmentation).
     tile_size, batch_size, device, tta
         Passed to :func:`~napari_unet.core.iter_predict_tiled`.
-    threshold, min_size, split, expand
+    threshold, min_size, split, expand, fill_gaps
         Passed to :func:`~napari_unet.core.probabilities_to_labels`.
     channel_axis : int, optional
         Channel axis for multi-channel models (default -3).
@@ -242,6 +249,9 @@ def iter_segment(
         carries no regions, and one last progress event of the plane holds
         its resized probabilities. None (or a model that does not know its
         training size) predicts at the image's own scale.
+    output : {"instances", "mask"}
+        Instance labels, or the binary mask ``foreground > threshold`` (the
+        output of a membranes model, :func:`~napari_unet.core.tasks.model_task`).
 
     Yields
     ------
@@ -261,6 +271,8 @@ def iter_segment(
             not 0 <= i < n for i, n in zip(index, lead, strict=True)
         ):
             raise ValueError(f"plane index {index} is out of range for leading shape {lead}")
+    if output not in ("instances", "mask"):
+        raise ValueError(f"`output` must be 'instances' or 'mask', got {output!r}")
     target = _check_region(region, shape)
     geometry = TestTimeAugmentation(model) if tta else model
     zoom = object_zoom(model, diameter)
@@ -315,8 +327,17 @@ def iter_segment(
                 done, max(total, done), k, len(todo), index, origin, prob, (whole,)
             )
         kept = prob[(slice(None), *local)]
+        if output == "mask":
+            mask = (foreground_probability(kept) > threshold).astype(np.uint8)
+            yield PlaneDone(k, index, len(todo), target, mask, kept, 0)
+            continue
         labels = probabilities_to_labels(
-            kept, threshold=threshold, min_size=min_size, split=split, expand=expand
+            kept,
+            threshold=threshold,
+            min_size=min_size,
+            split=split,
+            expand=expand,
+            fill_gaps=fill_gaps,
         )
         n_objects = int(labels.max())
         labels[labels > 0] += np.uint32(next_label - 1)

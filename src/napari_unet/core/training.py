@@ -68,9 +68,10 @@ class TrainConfig:
     Attributes
     ----------
     steps : int
-        Optimisation steps.
+        Most optimisation steps (a cap: the time budget normally ends training).
     minutes : float, optional
-        Wall-time budget; training stops when it is spent.
+        Wall-time budget (the default: 5 minutes); training stops when it is
+        spent, final validation included. None: only ``steps`` limits it.
     batch_size : int
         Patches per step.
     patch_size : int
@@ -139,10 +140,14 @@ class TrainConfig:
         carry over to other images (docs/benchmarks.md).
     min_size : int
         Smallest object (pixels) kept when scoring validation images.
+    task : {"cells", "membranes"}
+        What the labels mark (:mod:`napari_unet.core.tasks`): recorded in the
+        model so prediction gives instances or a binary mask. The task's
+        other settings come from :func:`~napari_unet.core.tasks.task_config`.
     """
 
-    steps: int = 1000
-    minutes: float | None = None
+    steps: int = 10_000
+    minutes: float | None = 5.0
     batch_size: int = 2
     patch_size: int = 380
     learning_rate: float | None = None
@@ -166,6 +171,7 @@ class TrainConfig:
     norm: Literal["batch"] | None = "batch"
     threshold: float | None = None
     min_size: int = 16
+    task: Literal["cells", "membranes"] = "cells"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "patch_size", "validate_every"):
@@ -190,6 +196,8 @@ class TrainConfig:
             raise ValueError(f"`threshold` must be in (0, 1) or None, got {self.threshold!r}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"`patience` must be >= 1 or None, got {self.patience!r}")
+        if self.task not in ("cells", "membranes"):
+            raise ValueError(f"`task` must be 'cells' or 'membranes', got {self.task!r}")
 
 
 @dataclass(frozen=True)
@@ -197,7 +205,9 @@ class TrainProgress:
     """Progress event yielded after every optimisation step.
 
     ``validation`` holds ``{"iou": ..., "f1": ..., "score": ...}`` on steps
-    where validation ran, else None; ``eta`` is in seconds.
+    where validation ran, else None; ``eta`` is in seconds. ``fraction`` is
+    the share of the binding budget spent (the time budget or the step cap,
+    whichever ends training first), for progress bars.
     """
 
     step: int
@@ -209,6 +219,7 @@ class TrainProgress:
     validation: dict[str, float] | None = None
     best_score: float | None = None
     improved: bool = False
+    fraction: float = 0.0
 
 
 @dataclass
@@ -377,6 +388,10 @@ def _training_samples(
     return samples, weights
 
 
+#: The clock that time budgets are measured with (tests replace it).
+_clock = time.perf_counter
+
+
 def _learning_rate(base: float, progress: float) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
@@ -504,8 +519,9 @@ def iter_train(
     thresholds = CANDIDATE_THRESHOLDS if threshold is None else (threshold,)
     best_threshold = 0.5 if threshold is None else threshold
     stopped = "steps"
-    start = time.perf_counter()
+    start = _clock()
     budget = config.minutes * 60 if config.minutes else math.inf
+    validation_seconds = 0.0  # the last validation's duration: kept free for the final one
     training = {
         "config": dataclasses.asdict(config),
         "learning_rate": base_lr,
@@ -524,17 +540,21 @@ def iter_train(
             "best_step": best_step,
             "best_score": best_score,
             "threshold": best_threshold,
+            "task": config.task,
         }
 
     def validate(at: int, record: dict[str, Any]) -> tuple[dict[str, float] | None, bool]:
         """Score the network on the validation images; keep (and save) it if it is the best."""
         nonlocal best_step, best_state, best_score, best_threshold, stale, validated
+        nonlocal validation_seconds
         validated, validation = at, None
         if val:
             net.eval()
+            began = _clock()
             validation = evaluate(
                 net, val, device=dev, thresholds=thresholds, min_size=config.min_size
             )
+            validation_seconds = _clock() - began
             record.update(validation)
             improved = best_score is None or validation["score"] > best_score
             stale = 0 if improved else stale + 1
@@ -556,7 +576,7 @@ def iter_train(
         validate(0, history[0])
     step = 0
     for step in range(1, config.steps + 1):
-        elapsed = time.perf_counter() - start
+        elapsed = _clock() - start
         progress = max((step - 1) / config.steps, elapsed / budget)
         lr = _learning_rate(base_lr, progress)
         for group in optimizer.param_groups:
@@ -580,15 +600,28 @@ def iter_train(
             validation, improved = validate(step, record)
         history.append(record)
 
-        elapsed = time.perf_counter() - start
-        eta = min(elapsed / step * (config.steps - step), max(budget - elapsed, 0.0))
+        elapsed = _clock() - start
+        # the final validation (if the last step is not one) must fit in the budget too
+        reserve = validation_seconds if val and step % config.validate_every else 0.0
+        by_steps = elapsed / step * (config.steps - step) + reserve
+        eta = min(by_steps, max(budget - elapsed, 0.0))
+        fraction = min(max(step / config.steps, elapsed / budget), 1.0)
         yield TrainProgress(
-            step, config.steps, loss_value, lr, elapsed, eta, validation, best_score, improved
+            step,
+            config.steps,
+            loss_value,
+            lr,
+            elapsed,
+            eta,
+            validation,
+            best_score,
+            improved,
+            fraction,
         )
         if should_stop is not None and should_stop():
             stopped = "stopped"
             break
-        if elapsed >= budget:
+        if elapsed + reserve >= budget:
             stopped = "time"
             break
         if config.patience is not None and stale >= config.patience:
@@ -606,7 +639,7 @@ def iter_train(
     saved = None
     if checkpoint is not None:
         saved = save_model(checkpoint, net)
-    elapsed = time.perf_counter() - start
+    elapsed = _clock() - start
     return TrainResult(
         net, best_step, best_score, step, elapsed, stopped, history, saved, best_threshold
     )

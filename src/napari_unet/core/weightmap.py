@@ -128,15 +128,28 @@ def border_weight(labels2d: ArrayLike, *, w0: float = 10.0, sigma: float = 5.0) 
     return _border_term(labels2d, w0, sigma).astype(np.float32)
 
 
-def _border_term(plane: np.ndarray, w0: float, sigma: float) -> np.ndarray:
-    """Border term (float64) of a validated 2D label plane."""
-    cutoff = sigma * math.sqrt(2.0 * math.log(1.0 / _BORDER_REL_TOL))
-    pad = math.ceil(cutoff)
+def two_nearest_distances(plane: np.ndarray, reach: float) -> tuple[np.ndarray, np.ndarray]:
+    """Distances ``d1``, ``d2`` (px) from every pixel to the nearest and second-nearest cell.
+
+    Only distances up to ``reach`` are exact: farther ones are ``inf``. Each
+    cell's distance transform is computed in its bounding box padded by
+    ``reach``, so this stays fast with thousands of cells.
+
+    Parameters
+    ----------
+    plane : integer array of shape (Y, X)
+        Instance labels (0 = background).
+    reach : float
+        Largest distance of interest.
+
+    Returns
+    -------
+    (d1, d2) : pair of float64 arrays of shape (Y, X)
+    """
+    pad = math.ceil(reach)
     if plane.size and plane.max() > plane.size:  # sparse ids: keep find_objects small
         plane = np.unique(plane, return_inverse=True)[1].reshape(plane.shape)
-
-    # Running two smallest distances to distinct cells. Only d1, d2 <= cutoff
-    # matter, and every pixel that close to a cell lies in its padded box.
+    # running two smallest distances to distinct cells
     d1 = np.full(plane.shape, np.inf)
     d2 = np.full(plane.shape, np.inf)
     for label, box in enumerate(ndimage.find_objects(plane), start=1):
@@ -150,7 +163,14 @@ def _border_term(plane: np.ndarray, w0: float, sigma: float) -> np.ndarray:
         near1, near2 = d1[window], d2[window]  # views: updated in place
         np.minimum(near2, np.maximum(near1, dist), out=near2)
         np.minimum(near1, dist, out=near1)
+    return d1, d2
 
+
+def _border_term(plane: np.ndarray, w0: float, sigma: float) -> np.ndarray:
+    """Border term (float64) of a validated 2D label plane."""
+    # only d1, d2 <= cutoff matter
+    cutoff = sigma * math.sqrt(2.0 * math.log(1.0 / _BORDER_REL_TOL))
+    d1, d2 = two_nearest_distances(plane, cutoff)
     total = d1 + d2  # inf where fewer than two cells are within reach
     keep = (plane == 0) & (total <= cutoff)
     return np.where(keep, w0 * np.exp(-(total**2) / (2.0 * sigma**2)), 0.0)
