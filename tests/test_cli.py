@@ -248,3 +248,27 @@ def test_demo_headless(tmp_path, capsys):
     assert load_model(out / "demo_model.pt").metadata["demo"] is True
     code, err = run(["demo", "--out", out, "--steps", 1, "--device", "cpu"], capsys)
     assert code == 2 and "exists" in err
+
+
+def test_train_defaults_to_a_time_budget_and_shows_it(tmp_path, disks, capsys):
+    from napari_unet.core.checkpoint import load_model
+
+    tifffile.imwrite(tmp_path / "img.tif", ((disks > 0) * 120 + 30).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "mask.tif", disks)
+    pairs = ["--image", tmp_path / "img.tif", "--labels", tmp_path / "mask.tif"]
+    small = ["--base-channels", 4, "--depth", 3, "--patch-size", 92, "--device", "cpu"]
+    out = tmp_path / "m.pt"
+    code, err = run(["train", *pairs, "--out", out, *small, "--minutes", 0.05], capsys)
+    assert code == 0, err
+    assert "(time)" in err  # the budget ended it, not the 10,000-step cap
+    config = load_model(out).metadata["training"]["config"]
+    assert config["steps"] == 10_000 and config["minutes"] == 0.05
+    bar = err.replace("\r", "\n")
+    assert "train 100%" in bar and "step " in bar and "/10000" not in bar
+    # --minutes 0: no time limit, the steps end it
+    code, err = run(
+        ["train", *pairs, "--out", out, *small, "--minutes", 0, "--steps", 2, "--overwrite"],
+        capsys,
+    )
+    assert code == 0 and "trained 2 steps" in err and "(steps)" in err
+    assert load_model(out).metadata["training"]["config"]["minutes"] is None

@@ -71,17 +71,17 @@ def _drain_training(jobs: Any) -> Any:
     """Run a training generator with a progress bar of its binding budget (time or steps)."""
     bar = tqdm(
         total=1000,
-        desc="train",
         file=sys.stderr,
         dynamic_ncols=True,
         delay=0.5,
-        bar_format="{desc} {percentage:3.0f}%|{bar}| {postfix}",
+        bar_format="train {percentage:3.0f}%|{bar}| {desc}",
     )
     with bar:
         while True:
             try:
                 event = next(jobs)
             except StopIteration as done:
+                bar.update(bar.total - bar.n)  # finished (final validation included)
                 return done.value
             bar.update(int(event.fraction * 1000) - bar.n)
             info = (
@@ -90,7 +90,7 @@ def _drain_training(jobs: Any) -> Any:
             )
             if event.best_score is not None:
                 info += f" best {event.best_score:.3f}"
-            bar.set_postfix_str(info, refresh=False)
+            bar.set_description_str(info, refresh=False)
 
 
 # ---------------------------------------------------------------------------
@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
         dest="from_model",
         metavar="MODEL",
         help="fine-tune this model file or bundled model; 'scratch' trains a new one "
-        "(default: the bundled 'nuclei' model for instance labels on single-channel images, "
+        "(default: the bundled 'nuclei' model for the cells task on single-channel images, "
         "else scratch)",
     )
     t.add_argument(
