@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from skimage.segmentation import relabel_sequential
 
 from napari_unet.core.checkpoint import suggested_diameter
 from napari_unet.core.device import select_device
@@ -331,14 +332,18 @@ def iter_segment(
             mask = (foreground_probability(kept) > threshold).astype(np.uint8)
             yield PlaneDone(k, index, len(todo), target, mask, kept, 0)
             continue
+        # label the region with its context, so that cells crossing its edge are
+        # post-processed whole (size, gaps, splits) as in a whole-plane segmentation
         labels = probabilities_to_labels(
-            kept,
+            prob,
             threshold=threshold,
             min_size=min_size,
             split=split,
             expand=expand,
             fill_gaps=fill_gaps,
-        )
+        )[local]
+        if prob.shape[1:] != kept.shape[1:]:
+            labels = relabel_sequential(labels)[0]
         n_objects = int(labels.max())
         labels[labels > 0] += np.uint32(next_label - 1)
         next_label += n_objects
