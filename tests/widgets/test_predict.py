@@ -425,6 +425,7 @@ def test_a_membranes_model_writes_its_mask_or_its_regions(stack_viewer, qtbot):
     widget = open_predict(viewer, scope="stack")
     get_session(viewer).set_model(model)
     assert not widget.regions.native.isHidden() and "binary mask output" in widget.model_info.value
+    assert widget.split.native.isHidden() and widget.expand.native.isHidden()
     image = viewer.layers["cells"].data
     widget.start()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
@@ -440,4 +441,4 @@ def test_a_membranes_model_writes_its_mask_or_its_regions(stack_viewer, qtbot):
     assert regions.max() > 1 and "cells" in widget.status.value
 
     get_session(viewer).set_model(threshold_unet())  # a cells model: no regions choice
-    assert widget.regions.native.isHidden()
+    assert widget.regions.native.isHidden() and not widget.split.native.isHidden()

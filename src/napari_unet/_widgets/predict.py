@@ -701,6 +701,7 @@ class PredictWidget(Container):
         self.diameter.tooltip = f"{DIAMETER_TOOLTIP}\nThis model: {size}."
         membranes = model_task(model) == "membranes"
         self.regions.visible = membranes
+        self.split.visible = self.expand.visible = not membranes  # cell post-processing
         output = "membranes: binary mask output" if membranes else "cells: instance output"
         self.model_info.value = f"{text}; {output}; threshold {self.threshold.value:.2f}; {size}"
 
