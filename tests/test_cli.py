@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tifffile
@@ -114,6 +116,7 @@ def test_predict_bad_inputs(tmp_path, model_file, capsys):
         ([rgb_model, image, tmp_path / "o.tif"], "expects 3 channels"),
         ([model_file, line, tmp_path / "o.tif"], "2 dimensions"),
         ([model_file, image, tmp_path / "o.png"], ".tif"),
+        ([model_file, image, tmp_path / "o.tif", "--tile-size", "17"], "smallest tile"),
     ]
     for argv, message in cases:
         code, err = run(["predict", *argv, "--device", "cpu"], capsys)
@@ -272,3 +275,45 @@ def test_train_defaults_to_a_time_budget_and_shows_it(tmp_path, disks, capsys):
     )
     assert code == 0 and "trained 2 steps" in err and "(steps)" in err
     assert load_model(out).metadata["training"]["config"]["minutes"] is None
+
+
+def test_sigterm_stops_train_keeping_the_best_model_and_exits_130(tmp_path, disks):
+    import signal
+    import subprocess
+    import sys
+
+    from napari_unet.core.checkpoint import load_model
+
+    tifffile.imwrite(tmp_path / "img.tif", ((disks > 0) * 120 + 30).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "mask.tif", disks)
+    out = tmp_path / "m.pt"
+    argv = ["train", "--image", tmp_path / "img.tif", "--labels", tmp_path / "mask.tif"]
+    small = ["--from", "scratch", "--patch-size", 92, "--depth", 3, "--base-channels", 4]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "napari_unet.cli", *map(str, [*argv, *small, "--out", out])],
+        stderr=subprocess.PIPE,
+    )
+    seen = b""
+    while b"step " not in seen:  # training runs: the progress bar shows a step
+        chunk = proc.stderr.read1(4096)
+        assert chunk, seen.decode()
+        seen += chunk
+    proc.send_signal(signal.SIGTERM)  # what a cluster scheduler sends
+    rest = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 130, rest
+    assert "SIGTERM: stopping after this step" in rest and "(stopped)" in rest
+    assert load_model(out).metadata["best_step"] >= 1
+
+
+def test_train_refuses_an_unwritable_output_folder(tmp_path, disks, capsys, monkeypatch):
+    import os
+
+    tifffile.imwrite(tmp_path / "img.tif", disks.astype(np.uint8))
+    tifffile.imwrite(tmp_path / "mask.tif", disks)
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o555)
+    real = os.access  # root may write anywhere: answer as for an ordinary user
+    monkeypatch.setattr(os, "access", lambda p, m: False if Path(p) == locked else real(p, m))
+    argv = ["train", "--image", tmp_path / "img.tif", "--labels", tmp_path / "mask.tif"]
+    code, err = run([*argv, "--out", locked / "m.pt"], capsys)
+    assert code == 2 and "cannot write to the output folder" in err

@@ -68,8 +68,8 @@ class Run:
     seconds: float
 
 
-def run_cli(*args, interrupt_after_plane: bool = False) -> Run:
-    """Run the CLI; measure its peak RSS; optionally SIGINT it once a plane is done."""
+def run_cli(*args, interrupt_after_plane: bool = False, sig=signal.SIGINT) -> Run:
+    """Run the CLI; measure its peak RSS; optionally send ``sig`` once a plane is done."""
     start = time.perf_counter()
     proc = subprocess.Popen([*CLI, *map(str, args)], stderr=subprocess.PIPE)
     anon, chunks, done = [0], [], threading.Event()
@@ -90,7 +90,7 @@ def run_cli(*args, interrupt_after_plane: bool = False) -> Run:
         while chunk := proc.stderr.read1(4096):
             chunks.append(chunk)
             if interrupt_after_plane and not signalled and b"planes=" in b"".join(chunks):
-                proc.send_signal(signal.SIGINT)  # the progress bar shows a finished plane
+                proc.send_signal(sig)  # the progress bar shows a finished plane
                 signalled = True
 
     threads = [threading.Thread(target=poll), threading.Thread(target=read)]
@@ -186,9 +186,14 @@ def test_streamed_output_equals_in_memory_prediction(data, streamed):
 
 
 @pytest.mark.slow
-def test_interrupt_keeps_a_valid_partial_output(data):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_keeps_a_valid_partial_output(data, sig):
+    from napari_unet.core.io import partial_path
+
     folder, model, _, large = data
-    out, prob = folder / "cut_labels.tif", folder / "cut_prob.tif"
+    out, prob = folder / f"cut_labels_{sig.name}.tif", folder / f"cut_prob_{sig.name}.tif"
+    earlier = np.full((2, 3), 7, np.uint32)
+    tifffile.imwrite(out, earlier)  # a complete earlier result, replaced only when whole
     run = run_cli(
         "predict",
         model,
@@ -198,24 +203,28 @@ def test_interrupt_keeps_a_valid_partial_output(data):
         prob,
         "--device",
         "cpu",
+        "--overwrite",
         interrupt_after_plane=True,
+        sig=sig,
     )
     assert run.returncode == 130, run.stderr
     match = re.search(r"interrupted after (\d+) of (\d+) planes", run.stderr)
     assert match, run.stderr
+    assert f"kept in {partial_path(out)}" in run.stderr and "is untouched" in run.stderr
+    np.testing.assert_array_equal(tifffile.imread(out), earlier)
     done, total = int(match[1]), int(match[2])
     assert total == LARGE and 1 <= done < LARGE
-    with tifffile.TiffFile(out) as tif:  # a valid TIFF with the full shape
+    with tifffile.TiffFile(partial_path(out)) as tif:  # a valid TIFF with the full shape
         assert tif.series[0].shape == (LARGE, *PLANE)
         labels = tif.asarray()
     expected_labels, expected_probs = in_memory(model, tifffile.imread(large), done)
     np.testing.assert_array_equal(labels[:done], expected_labels)
     assert not labels[done:].any()
-    probs = tifffile.imread(prob)
+    probs = tifffile.imread(partial_path(prob))
     assert probs.shape == (LARGE, 2, *PLANE)
     np.testing.assert_allclose(probs[:done], expected_probs, atol=2e-5)
     assert not probs[done:].any()
-    assert not list(folder.glob(".*partial"))  # no temporary files left behind
+    assert not list(folder.glob(".*tmp*"))  # no temporary files left behind
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -31,31 +32,35 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 class _StopOnSigint:
-    """First Ctrl-C asks the job to stop at the next progress event; a second one aborts.
+    """First Ctrl-C or SIGTERM asks the job to stop at the next progress event; a second aborts.
 
-    So an interrupt never lands in the middle of writing a plane.
+    So an interrupt (or a cluster scheduler's SIGTERM) never lands in the
+    middle of writing a plane.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self, message: str = "") -> None:
         self.requested = False
         self.message = message
-        self._previous: object = None
+        self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
         if self.message:
-            print(f"\nnapari-unet: {self.message} (Ctrl-C again to abort)", file=sys.stderr)
+            name = signal.Signals(signum).name
+            print(f"\nnapari-unet: {name}: {self.message} (again to abort)", file=sys.stderr)
 
     def __enter__(self) -> _StopOnSigint:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)  # type: ignore[arg-type]
 
 
 def _progress(total: int, desc: str, unit: str) -> tqdm:
@@ -174,13 +179,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             jobs.close()
             written = labels_out.written
-            labels_out.close(keep=True)
+            kept = labels_out.close(keep=True)
             if prob_out is not None:
                 prob_out.close(keep=True)
             bar.close()
+            untouched = f"; {args.output} is untouched" if Path(args.output).exists() else ""
             print(
                 f"napari-unet: interrupted after {written} of {n_planes} planes; partial "
-                f"output kept in {args.output} (remaining planes are 0)",
+                f"output kept in {kept} (remaining planes are 0){untouched}",
                 file=sys.stderr,
             )
             return EXIT_INTERRUPTED
@@ -299,6 +305,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise ValueError(f"output folder does not exist: {out.parent}")
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if not os.access(out.parent, os.W_OK):
+        raise PermissionError(f"cannot write to the output folder {out.parent}")
     if args.minutes is not None and args.minutes < 0:
         raise ValueError(f"--minutes must be >= 0 (0 = no time limit), got {args.minutes}")
     images, labels = _read_pairs(args.image, args.labels)
@@ -355,7 +363,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"({result.stopped}); best model (step {result.best_step}{score}) -> {out}",
         file=sys.stderr,
     )
-    return 0
+    return EXIT_INTERRUPTED if stop.requested else 0
 
 
 # ---------------------------------------------------------------------------

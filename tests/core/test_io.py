@@ -68,18 +68,94 @@ def test_plane_writer_round_trip(tmp_path, suffix):
 
 @pytest.mark.parametrize("suffix", [".tif", ".zarr"])
 def test_plane_writer_partial_and_failed(tmp_path, suffix):
+    from napari_unet.core.io import partial_path
+
     path = tmp_path / f"out{suffix}"
     writer = PlaneWriter(path, (3, 4, 5), np.uint8)
     writer.write(np.ones((4, 5)))
-    writer.close(keep=True)
-    result = np.asarray(open_image(path)[:])
+    assert writer.close(keep=True) == partial_path(path) == tmp_path / f"out.partial{suffix}"
+    assert not path.exists()  # a partial result never takes the output's name
+    result = np.asarray(open_image(partial_path(path))[:])
     assert result.shape == (3, 4, 5) and result[0].all() and not result[1:].any()
     other = tmp_path / f"failed{suffix}"
     with pytest.raises(RuntimeError), PlaneWriter(other, (3, 4, 5), np.uint8) as w:
         w.write(np.ones((4, 5)))
         raise RuntimeError("crash")
     assert not other.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [partial_path(path).name]
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_overwrite_keeps_the_old_output_until_the_new_one_is_complete(tmp_path, suffix):
+    path = tmp_path / f"out{suffix}"
+    old = np.full((2, 4, 5), 7, np.uint8)
+    with PlaneWriter(path, old.shape, np.uint8) as w:
+        for plane in old:
+            w.write(plane)
+    writer = PlaneWriter(path, old.shape, np.uint8, overwrite=True)
+    writer.write(np.ones((4, 5)))  # then interrupted (Ctrl-C): keep the partial result
+    writer.close(keep=True)
+    np.testing.assert_array_equal(np.asarray(open_image(path)[:]), old)  # untouched
+    with PlaneWriter(path, old.shape, np.uint8, overwrite=True) as w:
+        for plane in old + 1:
+            w.write(plane)
+    np.testing.assert_array_equal(np.asarray(open_image(path)[:]), old + 1)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert names == {path.name, f"out.partial{suffix}"}  # no temporary files left
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_two_writers_of_one_output_never_garble_it(tmp_path, suffix):
+    from napari_unet.core.io import partial_path
+
+    path = tmp_path / f"out{suffix}"
+    first = PlaneWriter(path, (2, 4, 5), np.uint8)
+    second = PlaneWriter(path, (2, 4, 5), np.uint8)  # started before the first finished
+    for _ in range(2):
+        first.write(np.full((4, 5), 1))
+        second.write(np.full((4, 5), 2))
+    assert first.close() == path
+    with pytest.raises(FileExistsError, match="another job"):
+        second.close()  # the loser fails cleanly and keeps its result aside
+    assert (np.asarray(open_image(path)[:]) == 1).all()
+    assert (np.asarray(open_image(partial_path(path))[:]) == 2).all()
+    third = PlaneWriter(path, (2, 4, 5), np.uint8, overwrite=True)
+    for _ in range(2):
+        third.write(np.full((4, 5), 3))
+    assert third.close() == path  # with overwrite the last one wins, whole
+    assert (np.asarray(open_image(path)[:]) == 3).all()
+
+
+def test_disk_full_removes_the_partial_file(tmp_path, monkeypatch):
+    import errno
+
+    import tifffile
+
+    def full(self):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    path = tmp_path / "out.tif"
+    writer = PlaneWriter(path, (2, 4, 5), np.uint8)
+    writer.write(np.zeros((4, 5)))
+    writer.write(np.zeros((4, 5)))
+    monkeypatch.setattr(tifffile.TiffWriter, "close", full)
+    with pytest.raises(OSError, match=r"No space left.*partial file was removed"):
+        writer.close()
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_outputs_get_the_permissions_of_the_umask(tmp_path):
+    import os
+
+    path = tmp_path / "out.tif"
+    old = os.umask(0o022)
+    try:
+        with PlaneWriter(path, (4, 5), np.uint8) as w:
+            w.write(np.zeros((4, 5)))
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
 
 
 def test_plane_writer_checks(tmp_path):

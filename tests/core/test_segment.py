@@ -54,3 +54,15 @@ def test_planes_and_bad_region(net):
         run(net, stack, planes=[(4,)])
     with pytest.raises(ValueError, match="empty"):
         run(net, stack, region=(slice(10, 10), slice(0, 5)))
+
+
+def test_tiny_tile_sizes_are_refused_with_the_smallest_usable_one(net):
+    from napari_unet.core.segment import resolve_tiling
+    from napari_unet.core.tiling import tile_for_core
+
+    smallest = tile_for_core(net, net.step)
+    with pytest.raises(ValueError, match=f"at least {smallest}"):
+        resolve_tiling(net, "cpu", tile_size=17)
+    with pytest.raises(ValueError, match="smallest tile"):
+        next(iter_segment(net, np.zeros((64, 64), np.float32), tile_size=smallest - 1))
+    assert resolve_tiling(net, "cpu", tile_size=smallest)[1] == smallest

@@ -404,3 +404,41 @@ def test_time_budget_ends_training_on_time_final_validation_included(data, monke
     for event in events:  # the ETA is the time that was left, within 15 %
         left = result.elapsed - event.elapsed
         assert abs(event.eta - left) <= 0.15 * left + 1e-9
+
+
+def test_a_diverging_run_stops_and_returns_the_model_from_before(data, monkeypatch):
+    import copy
+
+    losses = training.weighted_cross_entropy
+    calls = [0]
+
+    def diverge(*args, **kwargs):
+        calls[0] += 1
+        loss = losses(*args, **kwargs)
+        return loss * float("nan") if calls[0] >= 4 else loss
+
+    monkeypatch.setattr(training, "weighted_cross_entropy", diverge)
+    train_set, _ = data
+    snapshots = {}
+    config = TrainConfig(
+        steps=10,
+        minutes=None,
+        validation="none",
+        validate_every=2,
+        batch_size=1,
+        patch_size=92,
+        depth=3,
+        base_channels=4,
+    )
+    gen = iter_train([train_set[0][0]], [train_set[0][1]], config=config, device="cpu")
+    while True:
+        try:
+            event = next(gen)
+        except StopIteration as done:
+            result = done.value
+            break
+        snapshots[event.step] = copy.deepcopy(gen.gi_frame.f_locals["net"].state_dict())
+    assert result.stopped == "diverged" and result.steps == 3 and result.best_step == 2
+    state = result.model.state_dict()
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    assert all(torch.equal(state[k], v.cpu()) for k, v in snapshots[2].items())

@@ -690,6 +690,7 @@ class TrainWidget(Container):
             "time": "time budget spent",
             "early": "no more improvement (early stop)",
             "stopped": "stopped",
+            "diverged": "the loss became NaN: try a lower learning rate",
         }.get(result.stopped, result.stopped)
         if result.best_score is not None:
             history = {h["step"]: h for h in result.history}

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import napari_unet
+from napari_unet.core.io import default_permissions
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.preprocess import Normalization
 from napari_unet.core.pretrained import available_names, model_file
@@ -90,6 +91,7 @@ def save_model(
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        default_permissions(tmp)  # mkstemp's 0600 would hide the model from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

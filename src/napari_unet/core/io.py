@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -147,15 +148,33 @@ def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) 
     return path
 
 
+def partial_path(path: str | os.PathLike[str]) -> Path:
+    """Where an interrupted job keeps its partial output: ``labels.partial.tif``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.partial{path.suffix}")
+
+
+def default_permissions(path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Give a file made by :mod:`tempfile` (mode 0600) the permissions the umask allows."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
 class PlaneWriter:
     """Write an array of shape (P..., *plane_shape) plane by plane, in order.
 
     TIFF outputs get one contiguous series (BigTIFF when large) that tifffile
     and napari read back with the full shape; zarr outputs get one chunk per
-    plane (tiled for large planes). The file is written under a temporary
-    name and renamed into place when the writer closes without error, so an
-    interrupted job never leaves a half-written file at ``path``; use
-    :meth:`close` with ``keep=True`` to keep a partial result.
+    plane (tiled for large planes). The output is written under a unique
+    temporary name in the destination folder and moved into place only when
+    complete, so ``path`` never holds a half-written result, an existing
+    ``path`` (``overwrite=True``) stays untouched until the new one is whole,
+    and two jobs writing the same ``path`` cannot garble it (the last to finish
+    wins; without ``overwrite`` the later one fails and keeps its result at
+    :func:`partial_path`). :meth:`close` with ``keep=True`` keeps a partial
+    result at :func:`partial_path`. If finishing the file fails (a full disk),
+    the temporary file is removed and an ``OSError`` says so.
 
     Parameters
     ----------
@@ -185,12 +204,14 @@ class PlaneWriter:
         self.plane_shape = self.shape[len(self.shape) - plane_ndim :]
         self.n_planes = int(np.prod(self.shape[: len(self.shape) - plane_ndim]))
         self.written = 0
+        self.overwrite = overwrite
         self._closed = False
-        self._tmp = self.path.with_name(f".{self.path.name}.partial")
-        _remove(self._tmp)
+        prefix, suffix = f".{self.path.name}.", f".tmp{self.path.suffix}"
         if _suffix(self.path) in ZARR_SUFFIXES:
             import zarr
 
+            self._tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=self.path.parent))
+            default_permissions(self._tmp, directory=True)
             chunks = (1,) * (len(self.shape) - plane_ndim) + tuple(
                 min(s, 2048) if i >= plane_ndim - 2 else s for i, s in enumerate(self.plane_shape)
             )
@@ -199,6 +220,10 @@ class PlaneWriter:
             )
             self._tiff = None
         else:
+            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.path.parent)
+            os.close(fd)
+            self._tmp = Path(tmp)
+            default_permissions(self._tmp)
             nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
             self._tiff = tifffile.TiffWriter(self._tmp, bigtiff=nbytes > BIGTIFF_BYTES)
             self._zarr = None
@@ -223,33 +248,68 @@ class PlaneWriter:
         self.written += 1
 
     def close(self, *, keep: bool | None = None) -> Path | None:
-        """Finish the file and move it into place, or delete it.
+        """Finish the output and move it into place, or delete it.
 
         Parameters
         ----------
         keep : bool, optional
-            Keep a partial result (planes not written are zeros). By default
-            the file is kept only if every plane was written.
+            Keep a partial result (planes not written are zeros) at
+            :func:`partial_path`. By default the output is kept only if every
+            plane was written.
+
+        Returns
+        -------
+        path : Path or None
+            Where the result is: ``path`` when complete, :func:`partial_path`
+            when partial, None when deleted.
+
+        Raises
+        ------
+        OSError
+            If the file cannot be finished (e.g. the disk is full); the
+            temporary file is removed first.
+        FileExistsError
+            If another job created ``path`` meanwhile and ``overwrite`` is off
+            (this result is kept at :func:`partial_path`).
         """
         if self._closed:
-            return self.path if self.path.exists() else None
+            return None
         self._closed = True
         complete = self.written == self.n_planes
         keep = complete if keep is None else keep
-        if self._tiff is not None:
-            if keep:
-                zeros = np.zeros(self.plane_shape, self.dtype)
-                while self.written < self.n_planes:
-                    self.write(zeros)
-            self._tiff.close()
-            self._tiff = None
-        if keep:
-            if self._tmp.exists():
-                _remove(self.path)
-                os.replace(self._tmp, self.path)
-            return self.path
-        _remove(self._tmp)
-        return None
+        try:
+            if self._tiff is not None:
+                try:
+                    if keep:
+                        zeros = np.zeros(self.plane_shape, self.dtype)
+                        while self.written < self.n_planes:
+                            self.write(zeros)
+                finally:
+                    tiff, self._tiff = self._tiff, None
+                    tiff.close()  # may raise on a full disk
+        except OSError as err:
+            _remove(self._tmp)
+            raise OSError(
+                f"could not finish writing {self.path} ({err}); the partial file was removed"
+            ) from err
+        except BaseException:
+            _remove(self._tmp)
+            raise
+        if not keep:
+            _remove(self._tmp)
+            return None
+        if not complete:
+            _publish(self._tmp, partial_path(self.path), overwrite=True)
+            return partial_path(self.path)
+        try:
+            _publish(self._tmp, self.path, overwrite=self.overwrite)
+        except FileExistsError:
+            _publish(self._tmp, partial_path(self.path), overwrite=True)
+            raise FileExistsError(
+                f"{self.path} was created by another job while this one ran; this result is "
+                f"in {partial_path(self.path)}"
+            ) from None
+        return self.path
 
     def __enter__(self) -> PlaneWriter:
         return self
@@ -261,6 +321,25 @@ class PlaneWriter:
         tb: TracebackType | None,
     ) -> None:
         self.close(keep=None if exc_type is None else False)
+
+
+def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
+    """Move a finished temporary output to ``path`` atomically (a reader sees old or new)."""
+    if tmp.is_dir():
+        if path.exists() and overwrite:  # a folder cannot replace another in one step
+            trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, trash / path.name)
+            os.rename(tmp, path)
+            _remove(trash)
+        elif path.exists():
+            raise FileExistsError(path)
+        else:
+            os.rename(tmp, path)
+    elif overwrite:
+        os.replace(tmp, path)
+    else:
+        os.link(tmp, path)  # fails if path exists: never replaces another job's output
+        tmp.unlink()
 
 
 def _remove(path: Path) -> None:

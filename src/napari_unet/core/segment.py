@@ -35,6 +35,7 @@ from napari_unet.core.tiling import (
     auto_tile_size,
     iter_predict_tiled,
     plan_tiles,
+    tile_for_core,
     tile_overhead,
 )
 
@@ -112,8 +113,23 @@ def resolve_tiling(
     tile_size: int | None = None,
     batch_size: int | None = None,
 ) -> tuple[torch.device, int, int]:
-    """The device, input tile edge and tiles per batch a job will use."""
+    """The device, input tile edge and tiles per batch a job will use.
+
+    Raises
+    ------
+    ValueError
+        If ``tile_size`` is smaller than the smallest tile the network can use
+        (its context plus one output step): such tiles would be enlarged
+        anyway, or, just above it, be mostly context and run for minutes.
+    """
     dev = select_device(device)
+    smallest = tile_for_core(model, model.step)
+    if tile_size and int(tile_size) < smallest:
+        raise ValueError(
+            f"tile size {tile_size} is below the smallest tile this network can use "
+            f"({smallest} px: {tile_overhead(model)} px of context + {model.step}); give at "
+            f"least {smallest}, or 0 / none for automatic"
+        )
     tile = int(tile_size) if tile_size else auto_tile_size(model, dev)
     batch = int(batch_size) if batch_size else auto_batch_size(model, dev, (tile, tile))
     return dev, tile, batch

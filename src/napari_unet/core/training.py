@@ -224,7 +224,13 @@ class TrainProgress:
 
 @dataclass
 class TrainResult:
-    """What training returns: the best model and the history."""
+    """What training returns: the best model and the history.
+
+    ``stopped`` says what ended training: ``"steps"``, ``"time"``, ``"early"``
+    (no improvement for ``patience`` validations), ``"stopped"`` (asked to) or
+    ``"diverged"`` (the loss became NaN or infinite; the best model before it
+    is returned).
+    """
 
     model: UNet
     best_step: int
@@ -588,6 +594,17 @@ def iter_train(
         with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
             logits = net(x)
         loss = weighted_cross_entropy(logits, y, w, dice_weight=config.dice_weight)
+        if not torch.isfinite(loss):  # diverged: keep the weights from before it
+            logger.warning(
+                "training diverged at step %d (loss %s); keeping the best model so far "
+                "(try a lower learning rate)",
+                step,
+                loss.item(),
+            )
+            stopped = "diverged"
+            net.load_state_dict(best_state)
+            step -= 1
+            break
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.step(optimizer)
@@ -628,9 +645,10 @@ def iter_train(
             stopped = "early"
             break
 
-    if val and validated != step:  # stopped between validations: score the last step too
+    diverged = stopped == "diverged"
+    if val and validated != step and not diverged:  # stopped between validations: score it
         validate(step, history[-1])
-    if best_step != step and not val:
+    if best_step != step and not val and not diverged:
         best_step, best_state = step, copy.deepcopy(net.state_dict())
     net.load_state_dict(best_state)
     net.requires_grad_(True)
