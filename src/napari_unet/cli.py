@@ -98,6 +98,33 @@ def _drain_training(jobs: Any) -> Any:
             bar.set_description_str(info, refresh=False)
 
 
+def _input_axes(args: argparse.Namespace, path: str, ndim: int) -> str | None:
+    """The axes of an input: ``--axes``, else from ``--channel-axis``, else from the file."""
+    from napari_unet.core.axes import file_axes
+
+    if args.axes:
+        return str(args.axes)
+    if args.channel_axis is not None:
+        if not -ndim <= args.channel_axis < ndim:
+            raise ValueError(f"--channel-axis {args.channel_axis} is out of range for {ndim}D")
+        letters = ["C"] * ndim
+        others = [i for i in range(ndim) if i != args.channel_axis % ndim]
+        for i, letter in zip(others, "ZTPQRUVW"[: len(others) - 2] + "YX", strict=True):
+            letters[i] = letter
+        return "".join(letters)
+    return file_axes(path)
+
+
+def _read_input(args: argparse.Namespace, path: str, in_channels: int | None) -> Any:
+    """Open an input image lazily with its axes arranged and its channels picked."""
+    from napari_unet.core.axes import arrange
+    from napari_unet.core.io import open_image
+
+    image = open_image(path)
+    axes = _input_axes(args, path, image.ndim)
+    return arrange(image, axes, in_channels=in_channels, channels=args.channels, name=path)
+
+
 # ---------------------------------------------------------------------------
 # predict
 
@@ -106,7 +133,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
     from napari_unet.core.checkpoint import load_model, suggested_threshold
-    from napari_unet.core.io import PlaneWriter, check_output_path, open_image
+    from napari_unet.core.io import PlaneWriter, check_output_path
     from napari_unet.core.segment import PlaneDone, iter_segment
     from napari_unet.core.tasks import segment_options
     from napari_unet.core.tiling import as_channels_first
@@ -117,7 +144,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         if Path(args.probabilities).resolve() == Path(args.output).resolve():
             raise ValueError("--probabilities must differ from OUTPUT")
     model = load_model(args.model)
-    image = open_image(args.input)
+    image = _read_input(args, args.input, model.in_channels)
     _, lead, _ = as_channels_first(image, model.in_channels)
     shape = (*lead, *image.shape[-2:])
     n_planes = int(np.prod(lead))
@@ -226,7 +253,9 @@ def _cmd_weightmap(args: argparse.Namespace) -> int:
 # train
 
 
-def _read_pairs(images: list[str], labels: list[str]) -> tuple[list, list]:
+def _read_pairs(
+    args: argparse.Namespace, images: list[str], labels: list[str]
+) -> tuple[list, list]:
     """Read image/label files in order; stacks contribute each plane with cells."""
     import numpy as np
 
@@ -239,14 +268,15 @@ def _read_pairs(images: list[str], labels: list[str]) -> tuple[list, list]:
         )
     crops_img, crops_lab = [], []
     for image_path, labels_path in zip(images, labels, strict=True):
-        image = np.asarray(open_image(image_path))
+        image = np.asarray(_read_input(args, image_path, None))
         lab = np.asarray(open_image(labels_path))
         if image.shape[-2:] != lab.shape[-2:] or lab.ndim not in (2, 3):
             raise ValueError(
                 f"{labels_path} has shape {lab.shape}, which does not match {image_path} "
                 f"{image.shape}"
             )
-        crops = training_crops(image, lab)
+        channels = image.ndim == lab.ndim + 1
+        crops = training_crops(image, lab, channel_axis=-3 if channels else None)
         if not crops:
             raise ValueError(f"{labels_path} has no labelled cells (all 0)")
         crops_img += [c.image for c in crops]
@@ -309,8 +339,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         raise PermissionError(f"cannot write to the output folder {out.parent}")
     if args.minutes is not None and args.minutes < 0:
         raise ValueError(f"--minutes must be >= 0 (0 = no time limit), got {args.minutes}")
-    images, labels = _read_pairs(args.image, args.labels)
-    val_images, val_labels = _read_pairs(args.validation_image, args.validation_labels)
+    images, labels = _read_pairs(args, args.image, args.labels)
+    val_images, val_labels = _read_pairs(args, args.validation_image, args.validation_labels)
     task, says = _task(args, labels)
     channels = 1 if images[0].ndim == 2 else images[0].shape[0]
     model, start_says = _starting_model(args, task, channels)
@@ -453,6 +483,22 @@ def _demo_gui() -> int:
 # parser
 
 
+def _add_axes_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--axes",
+        help="axes of the image, one letter each (e.g. YXC, CYX, ZCYX; C or S = channels, "
+        "the last two others are Y and X; default: from the file)",
+    )
+    parser.add_argument(
+        "--channel-axis", type=int, help="the image's channel axis (instead of --axes)"
+    )
+    parser.add_argument(
+        "--channels",
+        type=lambda text: [int(c) for c in text.split(",")],
+        help="channels to use, e.g. 1 or 0,2 (a 1-channel model needs one)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``napari-unet`` command."""
     parser = argparse.ArgumentParser(
@@ -525,6 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="test-time augmentation: average 8 flips/rotations (8x slower)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    _add_axes_options(p)
     p.set_defaults(func=_cmd_predict)
 
     w = sub.add_parser(
@@ -634,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="train on every image (the default for membranes with <= 2 images)",
     )
     t.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    _add_axes_options(t)
     t.set_defaults(func=_cmd_train)
 
     d = sub.add_parser(

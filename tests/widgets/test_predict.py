@@ -442,3 +442,13 @@ def test_a_membranes_model_writes_its_mask_or_its_regions(stack_viewer, qtbot):
 
     get_session(viewer).set_model(threshold_unet())  # a cells model: no regions choice
     assert widget.regions.native.isHidden() and not widget.split.native.isHidden()
+
+
+def test_an_rgb_layer_with_a_one_channel_model_says_how_to_pick_a_channel(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64, 3), np.uint8), name="cells", rgb=True)
+    widget = open_predict(viewer)
+    get_session(viewer).set_model(threshold_unet())
+    with pytest.raises(ValueError, match="Split RGB"):
+        widget.start()
+    assert not widget.is_running

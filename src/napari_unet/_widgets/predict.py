@@ -304,6 +304,12 @@ class PredictWidget(Container):
             raise ValueError("choose an Image layer to segment")
         data = image.data[0] if image.multiscale else image.data
         axis = -1 if image.rgb else None
+        if image.rgb and model.in_channels != data.shape[-1]:
+            raise ValueError(
+                f"'{image.name}' is an RGB layer ({data.shape[-1]} channels) and this model "
+                f"takes {model.in_channels}: split it (right-click the layer › Split RGB) and "
+                "choose the channel to segment"
+            )
         arr, lead, channels = as_channels_first(data, model.in_channels, axis)
         shape = (int(arr.shape[-2]), int(arr.shape[-1]))
         planes, region = self._planes_and_region(image, lead, shape)
