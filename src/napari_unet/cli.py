@@ -229,7 +229,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_weightmap(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_unet.core.io import PlaneWriter, check_output_path, open_image
+    from napari_unet.core.io import PlaneWriter, check_output_path, open_image, read_array
     from napari_unet.core.weightmap import unet_weight_map
 
     check_output_path(args.output, overwrite=args.overwrite)
@@ -242,7 +242,7 @@ def _cmd_weightmap(args: argparse.Namespace) -> int:
         _progress(int(np.prod(lead)), "weightmap", "plane") as bar,
     ):
         for index in np.ndindex(*lead):
-            plane = np.asarray(labels[index])
+            plane = read_array(labels, index, args.labels)
             out.write(unet_weight_map(plane, w0=args.w0, sigma=args.sigma))
             bar.update()
     print(f"napari-unet: weight map -> {args.output}", file=sys.stderr)
@@ -257,10 +257,9 @@ def _read_pairs(
     args: argparse.Namespace, images: list[str], labels: list[str]
 ) -> tuple[list, list]:
     """Read image/label files in order; stacks contribute each plane with cells."""
-    import numpy as np
 
     from napari_unet.core.annotations import training_crops
-    from napari_unet.core.io import open_image
+    from napari_unet.core.io import open_image, read_array
 
     if len(images) != len(labels):
         raise ValueError(
@@ -268,8 +267,8 @@ def _read_pairs(
         )
     crops_img, crops_lab = [], []
     for image_path, labels_path in zip(images, labels, strict=True):
-        image = np.asarray(_read_input(args, image_path, None))
-        lab = np.asarray(open_image(labels_path))
+        image = read_array(_read_input(args, image_path, None), name=image_path)
+        lab = read_array(open_image(labels_path), name=labels_path)
         if image.shape[-2:] != lab.shape[-2:] or lab.ndim not in (2, 3):
             raise ValueError(
                 f"{labels_path} has shape {lab.shape}, which does not match {image_path} "

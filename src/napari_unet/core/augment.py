@@ -181,9 +181,10 @@ def _check_arrays_and_orders(
     if not arrays:
         raise ValueError("arrays must contain at least one array, got none")
     for i, a in enumerate(arrays):
-        if a.ndim < 2:
+        if a.ndim < 2 or 0 in a.shape:
             raise ValueError(
-                f"arrays[{i}] must have at least 2 dimensions (..., Y, X), got shape {a.shape}"
+                f"arrays[{i}] must have at least 2 dimensions (..., Y, X), none empty, got "
+                f"shape {a.shape}"
             )
         if a.shape[-2:] != arrays[0].shape[-2:]:
             raise ValueError(
@@ -192,6 +193,10 @@ def _check_arrays_and_orders(
             )
         if a.dtype.kind not in "biuf":
             raise ValueError(f"arrays[{i}] has unsupported dtype {a.dtype}")
+        with np.errstate(over="ignore"):  # too large for float32 becomes inf: refused
+            finite = a.dtype.kind != "f" or np.isfinite(a.astype(np.float32, copy=False)).all()
+        if not finite:
+            raise ValueError(f"arrays[{i}] holds NaN, infinite or float32-overflowing values")
     if orders is None:
         return tuple(
             (3 if i == 0 else 1) if a.dtype.kind == "f" else 0 for i, a in enumerate(arrays)

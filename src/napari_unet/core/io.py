@@ -134,6 +134,19 @@ def _open_tiff(path: Path) -> Any:
         raise ImageReadError(f"cannot read {path} as a TIFF image: {err}") from None
 
 
+def read_array(image: Any, index: tuple[Any, ...] = (), name: str = "the input") -> np.ndarray:
+    """Read ``image[index]`` into memory; a damaged file gives an :class:`ImageReadError`.
+
+    Lazy inputs decode on read, so a corrupt compressed page only shows up here.
+    """
+    try:
+        with _quiet_tifffile():
+            return np.asarray(image[index])
+    except Exception as err:  # decoders raise many types (zlib.error, TiffFileError, ...)
+        where = f" (plane {index})" if index else ""
+        raise ImageReadError(f"cannot read {name}{where}: {err}") from None
+
+
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Validate an output path: known suffix, existing folder, not already there."""
     path = Path(path)

@@ -167,6 +167,10 @@ def probabilities_to_labels(
     np.uint32(2)
     """
     prob = np.asarray(prob)
+    if prob.dtype.kind not in "biuf":
+        raise ValueError(f"`prob` must be a real numeric array, got dtype {prob.dtype}")
+    if prob.size and not (np.isfinite(prob).all() and 0 <= prob.min() and prob.max() <= 1):
+        raise ValueError("`prob` must hold probabilities in [0, 1] (no NaN or infinity)")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"`threshold` must be in [0, 1], got {threshold}")
     if min_size < 0 or min_distance < 1 or expand < 0 or fill_gaps < 0:

@@ -21,7 +21,7 @@ from skimage.segmentation import relabel_sequential
 
 from napari_unet.core.checkpoint import suggested_diameter
 from napari_unet.core.device import select_device
-from napari_unet.core.io import ImageReadError
+from napari_unet.core.io import read_array
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import (
     FILL_GAPS,
@@ -303,10 +303,7 @@ def iter_segment(
     total = count_batches(geometry, shape, target, tile, batch, zoom) * len(todo)
     next_label, done = first_label, 0
     for k, index in enumerate(todo):
-        try:
-            plane = np.asarray(arr[index])
-        except Exception as err:  # decoders raise many types (zlib.error, TiffFileError)
-            raise ImageReadError(f"cannot read plane {index} of the input: {err}") from None
+        plane = read_array(arr, index)
         x = model.normalization(plane)[..., window[0], window[1]]
         del plane
         _release_pages(arr)

@@ -183,9 +183,17 @@ def as_channels_first(
 
     Raises a ValueError if the image does not match the model's channels.
     """
+    if isinstance(image, torch.Tensor):
+        raise TypeError("`image` must be a numpy-like array, got a torch tensor: pass .numpy()")
+    if not (hasattr(image, "shape") and hasattr(image, "dtype")):
+        raise TypeError(
+            f"`image` must be an array (numpy, memmap, zarr, dask), got {type(image).__name__}"
+        )
     shape = tuple(image.shape)
-    if len(shape) < 2:
-        raise ValueError(f"`image` must have at least 2 dimensions (Y, X), got shape {shape}")
+    if len(shape) < 2 or 0 in shape:
+        raise ValueError(
+            f"`image` must have at least 2 dimensions (Y, X), none empty, got shape {shape}"
+        )
     dtype = np.dtype(image.dtype)
     if dtype != np.bool_ and (not np.issubdtype(dtype, np.number) or dtype.kind == "c"):
         raise ValueError(f"`image` must be a real numeric array, got dtype {dtype}")
@@ -219,7 +227,8 @@ def read_tile(
     r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
     chan = (slice(None),) if channels else ()
     slab = np.asarray(image[(*lead, *chan, slice(r0, r1), slice(c0, c1))])
-    slab = slab.astype(np.float32, copy=False)
+    with np.errstate(over="ignore"):  # too large for float32: inf, refused below
+        slab = slab.astype(np.float32, copy=False)
     if not channels:
         slab = slab[None]
     if r1 - r0 != len(rows) or (rows[0] != r0 or not np.all(np.diff(rows) == 1)):
@@ -227,7 +236,9 @@ def read_tile(
     if c1 - c0 != len(cols) or (cols[0] != c0 or not np.all(np.diff(cols) == 1)):
         slab = slab[:, :, cols - c0]
     if not np.isfinite(slab).all():
-        raise ValueError("`image` contains NaN or infinite values")
+        raise ValueError(
+            "`image` contains NaN or infinite values (or values too large for float32)"
+        )
     return slab
 
 
@@ -339,6 +350,8 @@ def _prepare_out(out: Any, shape: tuple[int, ...]) -> Any:
         return np.empty(shape, dtype=np.float32)
     if tuple(out.shape) != shape:
         raise ValueError(f"`out` must have shape {shape}, got {tuple(out.shape)}")
+    if np.dtype(out.dtype).kind != "f":
+        raise ValueError(f"`out` must have a float dtype for probabilities, got {out.dtype}")
     return out
 
 
