@@ -218,9 +218,16 @@ def test_train_bad_inputs(tmp_path, disks, capsys):
     tifffile.imwrite(tmp_path / "small.tif", disks[:50])
     tifffile.imwrite(tmp_path / "empty.tif", np.zeros_like(disks))
     (tmp_path / "broken.tif").write_bytes(b"II*\x00broken")
+    four = np.stack([np.stack([disks, disks])] * 2)  # (2, 2, M, N): same shape as the image
+    tifffile.imwrite(tmp_path / "img4.tif", four.astype(np.uint8), photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab4.tif", four, photometric="minisblack")
     img, out = tmp_path / "img.tif", tmp_path / "m.pt"
     cases = [
-        (["--image", img, "--labels", tmp_path / "small.tif"], "does not match"),
+        (["--image", img, "--labels", tmp_path / "small.tif"], "planes are (50, 96)"),
+        (
+            ["--image", tmp_path / "img4.tif", "--labels", tmp_path / "lab4.tif"],
+            "a stack of them (3D), got 4D",
+        ),
         (["--image", img, "--labels", tmp_path / "empty.tif"], "no labelled cells"),
         (["--image", tmp_path / "broken.tif", "--labels", tmp_path / "mask.tif"], "cannot read"),
         (["--image", img, "--image", img, "--labels", tmp_path / "mask.tif"], "pair in order"),

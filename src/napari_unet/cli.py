@@ -269,10 +269,15 @@ def _read_pairs(
     for image_path, labels_path in zip(images, labels, strict=True):
         image = read_array(_read_input(args, image_path, None), name=image_path)
         lab = read_array(open_image(labels_path), name=labels_path)
-        if image.shape[-2:] != lab.shape[-2:] or lab.ndim not in (2, 3):
+        if lab.ndim not in (2, 3):
             raise ValueError(
-                f"{labels_path} has shape {lab.shape}, which does not match {image_path} "
-                f"{image.shape}"
+                f"{labels_path} must be a 2D label image or a stack of them (3D), got "
+                f"{lab.ndim}D shape {lab.shape}"
+            )
+        if image.shape[-2:] != lab.shape[-2:]:
+            raise ValueError(
+                f"{labels_path} planes are {lab.shape[-2:]} but {image_path} planes are "
+                f"{image.shape[-2:]}"
             )
         channels = image.ndim == lab.ndim + 1
         crops = training_crops(image, lab, channel_axis=-3 if channels else None)

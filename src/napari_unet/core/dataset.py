@@ -132,10 +132,15 @@ def prepare_sample(
     image = np.asarray(image)
     if image.ndim == 2 and in_channels == 1:
         image = image[None]
-    if image.ndim != 3 or image.shape[0] != in_channels:
+    if image.ndim != 3:
         raise ValueError(
-            f"`image` must have shape (M, N) or ({in_channels}, M, N) for a model with "
-            f"{in_channels} channel(s), got {image.shape}"
+            f"`image` must be one plane, (M, N) or (channels, M, N), got {image.ndim}D shape "
+            f"{image.shape} (pass the planes of a stack one by one)"
+        )
+    if image.shape[0] != in_channels:
+        raise ValueError(
+            f"`image` has {image.shape[0]} channels (shape {image.shape}) but the model "
+            f"takes {in_channels}"
         )
     check_finite(image)
     labels = np.asarray(labels)
