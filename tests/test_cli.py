@@ -8,6 +8,7 @@ import zarr
 
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import save_model
+from napari_unet.core.dataset import as_instances, prepare_sample, separate_touching
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import FILL_GAPS, probabilities_to_labels
 from napari_unet.core.tiling import predict_tiled
@@ -142,9 +143,17 @@ def test_weightmap(tmp_path, disks, capsys):
     out = tmp_path / "w.tif"
     code, err = run(["weightmap", tmp_path / "labels.tif", out, "--w0", 5, "--sigma", 3], capsys)
     assert code == 0, err
-    np.testing.assert_allclose(tifffile.imread(out), unet_weight_map(disks, w0=5, sigma=3))
+    # the map training uses with these settings (touching cells separated, border term)
+    sample = prepare_sample(disks.astype(np.float32), disks, w0=5, sigma=3)
+    written = tifffile.imread(out)
+    np.testing.assert_allclose(written, sample.weights)
+    assert not np.allclose(written, unet_weight_map(disks, w0=5, sigma=3))  # the old map
     code, err = run(["weightmap", tmp_path / "labels.tif", out], capsys)
     assert code == 2 and "exists" in err
+    argv = ["weightmap", tmp_path / "labels.tif", out, "--weighting", "unet", "--overwrite"]
+    assert run(argv, capsys)[0] == 0
+    separated = separate_touching(as_instances(disks))
+    np.testing.assert_allclose(tifffile.imread(out), unet_weight_map(separated), rtol=1e-6)
 
 
 def test_train_then_predict_round_trip(tmp_path, disks, capsys):

@@ -229,9 +229,14 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_weightmap(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from napari_unet.core.dataset import training_weights
     from napari_unet.core.io import PlaneWriter, check_output_path, open_image, read_array
-    from napari_unet.core.weightmap import unet_weight_map
+    from napari_unet.core.training import TrainConfig
 
+    defaults = TrainConfig()  # the map training uses with these settings
+    weighting = args.weighting or defaults.weighting
+    w0 = defaults.w0 if args.w0 is None else args.w0
+    sigma = defaults.sigma if args.sigma is None else args.sigma
     check_output_path(args.output, overwrite=args.overwrite)
     labels = open_image(args.labels)
     if labels.ndim < 2:
@@ -243,7 +248,8 @@ def _cmd_weightmap(args: argparse.Namespace) -> int:
     ):
         for index in np.ndindex(*lead):
             plane = read_array(labels, index, args.labels)
-            out.write(unet_weight_map(plane, w0=args.w0, sigma=args.sigma))
+            _, weights = training_weights(plane, weighting=weighting, w0=w0, sigma=sigma)
+            out.write(weights)
             bar.update()
     print(f"napari-unet: weight map -> {args.output}", file=sys.stderr)
     return 0
@@ -580,16 +586,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser(
         "weightmap",
-        help="compute the U-Net paper's weight map of instance labels",
-        description="w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2)), plane by plane.",
+        help="compute the loss weights training uses for instance labels",
+        description="The weight map training uses, plane by plane: touching cells are "
+        "separated, then w(x) = w_c(x) + w0 exp(-(d1 + d2)^2 / (2 sigma^2)) (paper eq. 2; "
+        "w_c = 1 with the default border weighting, class balance with --weighting unet).",
         formatter_class=_Formatter,
     )
     w.add_argument(
         "labels", metavar="LABELS", help="instance labels (.tif or .zarr), 0 = background"
     )
     w.add_argument("output", metavar="OUT", help="weight map (.tif or .zarr), float32")
-    w.add_argument("--w0", type=float, default=10.0, help="border weight")
-    w.add_argument("--sigma", type=float, default=5.0, help="border width (pixels)")
+    w.add_argument("--w0", type=float, help="border weight (default: training's, 10)")
+    w.add_argument("--sigma", type=float, help="border width in pixels (default: training's, 5)")
+    w.add_argument(
+        "--weighting",
+        choices=["border", "unet", "balanced", "none"],
+        help="as in train (default: training's, border: the paper's border term on "
+        "uniform class weights, touching cells separated first)",
+    )
     w.add_argument("--overwrite", action="store_true", help="replace an existing output")
     w.set_defaults(func=_cmd_weightmap)
 

@@ -11,9 +11,13 @@ from napari_unet.core.weightmap import unet_weight_map
 
 def training_weights(labels, **kwargs):
     """The weights training uses by default: the border term (no class balance) of the
-    paper's map, after separating touching cells."""
+    paper's map, after separating touching cells; cells outside the annotated region
+    are unknown, so they do not count (as in ``prepare_sample``)."""
     kwargs.setdefault("class_weights", None)
-    return unet_weight_map(separate_touching(labels), **kwargs)
+    separated = separate_touching(labels)
+    if kwargs.get("mask") is not None:
+        separated = np.where(kwargs["mask"], separated, 0)
+    return unet_weight_map(separated, **kwargs)
 
 
 pytestmark = pytest.mark.gui
@@ -97,6 +101,10 @@ def test_rectangle_region_only(setup, qtbot):
     assert np.all(data[~inside] == 0)
     assert np.all(data[inside] > 0)
     np.testing.assert_allclose(data, training_weights(two_disks(), mask=inside), rtol=1e-6)
+    from napari_unet.core.dataset import prepare_sample
+
+    trained = prepare_sample(np.zeros(data.shape, np.float32), two_disks(), inside).weights
+    np.testing.assert_allclose(data, trained, rtol=1e-6)  # what training uses, exactly
 
 
 def test_stack_current_plane_and_annotated_planes(make_napari_viewer, qtbot):

@@ -83,17 +83,16 @@ def iter_weight_planes(
     ``w0 + the largest class weight``, a natural upper contrast limit;
     ``outside`` says the plane has no annotated pixel (its weights are 0).
     """
-    from napari_unet.core.dataset import as_instances, separate_touching
-    from napari_unet.core.weightmap import unet_weight_map
+    from napari_unet.core.dataset import training_weights
 
     if planes is None:
         planes = painted_planes(labels)
+    weighting = "unet" if class_weights == "balanced" else "border"
     for plane in planes:
         lab = np.array(labels if plane is None else labels[plane])
         mask = region_mask(lab.shape, plane, marked_planes, rectangles)
         # exactly what training uses: touching cells are separated by a gap first
-        lab = separate_touching(as_instances(lab))
-        weights = unet_weight_map(lab, w0=w0, sigma=sigma, class_weights=class_weights, mask=mask)
+        lab, weights = training_weights(lab, mask, weighting=weighting, w0=w0, sigma=sigma)
         known = np.ones(lab.shape, bool) if mask is None else mask
         fg = (lab != 0) & known
         bg = (lab == 0) & known

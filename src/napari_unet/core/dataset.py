@@ -92,6 +92,59 @@ def separate_touching(labels: np.ndarray) -> np.ndarray:
     return np.where(touching, 0, labels).astype(labels.dtype)
 
 
+def training_weights(
+    labels: ArrayLike,
+    mask: ArrayLike | None = None,
+    *,
+    weighting: Weighting = "border",
+    w0: float = 10.0,
+    sigma: float = 5.0,
+    separate: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The instances and loss weights training uses for one annotated label plane.
+
+    The one place that turns an annotation into weights: training
+    (:func:`prepare_sample`), the Weight map widget and ``napari-unet weightmap``
+    call it, so the map a user sees is the map training uses.
+
+    Parameters
+    ----------
+    labels : array of shape (M, N)
+        Instance labels (0 = background); a binary mask is split into its
+        connected components.
+    mask : bool array of shape (M, N), optional
+        Annotated region (None = all); pixels outside get weight 0.
+    weighting : {"unet", "border", "balanced", "none"}
+        See :class:`~napari_unet.core.training.TrainConfig`.
+    w0, sigma : float
+        Border term parameters (paper: 10 and 5 px).
+    separate : bool
+        Make the boundary pixels between touching cells background first.
+
+    Returns
+    -------
+    (instances, weights) : int32 and float32 arrays of shape (M, N)
+        The (separated) instances, 0 outside ``mask``, and the weights.
+    """
+    instances = as_instances(labels)
+    known = np.ones(instances.shape, bool) if mask is None else np.asarray(mask, bool)
+    if separate:
+        instances = separate_touching(instances)
+    instances = np.where(known, instances, 0)
+    if weighting in ("unet", "border"):
+        balance = "balanced" if weighting == "unet" else None
+        weights = unet_weight_map(instances, w0=w0, sigma=sigma, class_weights=balance, mask=known)
+    elif weighting == "balanced":
+        weights = unet_weight_map(instances, w0=0.0, sigma=sigma, mask=known)
+    elif weighting == "none":
+        weights = known.astype(np.float32)
+    else:
+        raise ValueError(
+            f"`weighting` must be 'unet', 'border', 'balanced' or 'none', got {weighting!r}"
+        )
+    return instances, weights.astype(np.float32, copy=False)
+
+
 def prepare_sample(
     image: ArrayLike,
     labels: ArrayLike,
@@ -156,23 +209,12 @@ def prepare_sample(
         raise ValueError("the annotated region is empty: nothing to learn from")
     if not (instances[known] > 0).any():
         raise ValueError("the annotation has no cells (all labels are 0): paint some cells")
-    if separate:
-        instances = separate_touching(instances)
-    instances = np.where(known, instances, 0)
-    if weighting in ("unet", "border"):
-        balance = "balanced" if weighting == "unet" else None
-        weights = unet_weight_map(instances, w0=w0, sigma=sigma, class_weights=balance, mask=known)
-    elif weighting == "balanced":
-        weights = unet_weight_map(instances, w0=0.0, sigma=sigma, mask=known)
-    elif weighting == "none":
-        weights = known.astype(np.float32)
-    else:
-        raise ValueError(
-            f"`weighting` must be 'unet', 'border', 'balanced' or 'none', got {weighting!r}"
-        )
+    instances, weights = training_weights(
+        instances, known, weighting=weighting, w0=w0, sigma=sigma, separate=separate
+    )
     target = np.where(known, (instances > 0).astype(np.int8), np.int8(UNKNOWN)).astype(np.int8)
     norm = normalization or Normalization()
-    return Sample(norm(image), target, weights.astype(np.float32), instances)
+    return Sample(norm(image), target, weights, instances)
 
 
 def rescale_annotation(
