@@ -20,6 +20,7 @@ from typing import Any
 from tqdm import tqdm
 
 import napari_unet
+from napari_unet.core.segment_config import SegmentConfig
 
 logger = logging.getLogger("napari_unet")
 
@@ -132,10 +133,9 @@ def _read_input(args: argparse.Namespace, path: str, in_channels: int | None) ->
 def _cmd_predict(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_unet.core.checkpoint import load_model, suggested_threshold
+    from napari_unet.core.checkpoint import load_model
     from napari_unet.core.io import PlaneWriter, check_output_path
     from napari_unet.core.segment import PlaneDone, iter_segment
-    from napari_unet.core.tasks import segment_options
     from napari_unet.core.tiling import as_channels_first
 
     check_output_path(args.output, overwrite=args.overwrite)
@@ -148,9 +148,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _, lead, _ = as_channels_first(image, model.in_channels)
     shape = (*lead, *image.shape[-2:])
     n_planes = int(np.prod(lead))
-    options = segment_options(model, regions=args.regions)
-    if args.fill_gaps is not None:
-        options["fill_gaps"] = args.fill_gaps
+    config = SegmentConfig.from_options(**vars(args))
+    options = config.segment_kwargs(model)
     mask = options["output"] == "mask"
     with ExitStack() as stack:
         labels_out = stack.enter_context(
@@ -177,12 +176,6 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             tile_size=args.tile_size,
             batch_size=args.batch_size,
             device=args.device,
-            threshold=suggested_threshold(model) if args.threshold is None else args.threshold,
-            min_size=args.min_size,
-            split=args.split,
-            expand=args.expand,
-            tta=args.tta,
-            diameter=args.diameter,
             **options,
         )
         cells = 0
@@ -556,12 +549,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="typical object diameter in INPUT (px): the image is rescaled so objects have "
         "the size the model was trained on (default: no rescaling)",
     )
-    p.add_argument("--min-size", type=int, default=16, help="remove smaller objects (pixels)")
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=SegmentConfig.min_size,
+        help="remove smaller objects (pixels)",
+    )
     p.add_argument("--split", action="store_true", help="watershed-split touching cells")
     p.add_argument(
         "--expand",
         type=int,
-        default=0,
+        default=SegmentConfig.expand,
         help="grow cells by this many pixels (without merging them)",
     )
     p.add_argument(

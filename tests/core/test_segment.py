@@ -66,3 +66,32 @@ def test_tiny_tile_sizes_are_refused_with_the_smallest_usable_one(net):
     with pytest.raises(ValueError, match="smallest tile"):
         next(iter_segment(net, np.zeros((64, 64), np.float32), tile_size=smallest - 1))
     assert resolve_tiling(net, "cpu", tile_size=smallest)[1] == smallest
+
+
+def test_segment_config_holds_the_defaults_and_resolves_them_per_model(net):
+    import copy
+    import inspect
+
+    from napari_unet.core.postprocess import FILL_GAPS
+    from napari_unet.core.segment_config import SegmentConfig
+
+    defaults = SegmentConfig()
+    signature = inspect.signature(iter_segment).parameters
+    for name in ("min_size", "split", "expand", "tta", "diameter"):
+        assert signature[name].default == getattr(defaults, name)  # one source of defaults
+    cells = copy.deepcopy(net)
+    cells.metadata = {"threshold": 0.35}
+    kwargs = defaults.segment_kwargs(cells)
+    assert kwargs["threshold"] == 0.35 and kwargs["fill_gaps"] == FILL_GAPS
+    assert kwargs["output"] == "instances"
+    membranes = copy.deepcopy(net)
+    membranes.metadata = {"task": "membranes"}
+    assert defaults.segment_kwargs(membranes)["output"] == "mask"
+    regions = SegmentConfig(regions=True, threshold=0.7).segment_kwargs(membranes)
+    assert regions["output"] == "instances" and regions["fill_gaps"] == 0
+    assert regions["threshold"] == 0.7
+    given = SegmentConfig.from_options(min_size=None, expand=2, command="predict")
+    assert given == SegmentConfig(expand=2)
+    for bad in ({"threshold": 1.5}, {"min_size": -1}, {"diameter": 0}, {"fill_gaps": -2}):
+        with pytest.raises(ValueError):
+            SegmentConfig(**bad)

@@ -31,6 +31,7 @@ from napari.utils.notifications import show_error, show_info
 from napari_unet._widgets._session import METADATA_KEY, annotation_info, get_session
 from napari_unet._widgets._settings import load_settings, save_settings
 from napari_unet.core.pretrained import DEFAULT_PRETRAINED, pretrained_models
+from napari_unet.core.segment_config import SegmentConfig
 
 if TYPE_CHECKING:
     import napari
@@ -167,10 +168,13 @@ class PredictWidget(Container):
             tooltip="Foreground probability cut; set to the model's own "
             "(chosen on the validation images in training) when a model is picked",
         )
-        self.min_size = SpinBox(value=16, min=0, max=1_000_000, label="Min size (px)")
-        self.split = CheckBox(text="Split touching cells (watershed)", value=False)
+        defaults = SegmentConfig()
+        self.min_size = SpinBox(
+            value=defaults.min_size, min=0, max=1_000_000, label="Min size (px)"
+        )
+        self.split = CheckBox(text="Split touching cells (watershed)", value=defaults.split)
         self.expand = SpinBox(
-            value=0,
+            value=defaults.expand,
             min=0,
             max=50,
             label="Grow cells (px)",
@@ -180,13 +184,13 @@ class PredictWidget(Container):
         )
         self.regions = CheckBox(
             text="Connected regions instead of the mask",
-            value=False,
+            value=defaults.regions,
             tooltip="Membranes models output a binary mask (1 = interior); this labels "
             "each enclosed region with its own id instead",
             visible=False,
         )
         self.tta = CheckBox(
-            text="Test-time augmentation (8 flips/rotations, 8x slower)", value=False
+            text="Test-time augmentation (8 flips/rotations, 8x slower)", value=defaults.tta
         )
         self.show_probabilities = CheckBox(text="Show probabilities", value=False)
         self.predict_button = PushButton(text="Predict")
@@ -293,7 +297,6 @@ class PredictWidget(Container):
             object_zoom,
             resolve_tiling,
         )
-        from napari_unet.core.tasks import segment_options
         from napari_unet.core.tiling import TestTimeAugmentation, as_channels_first
 
         if self.is_running:
@@ -334,7 +337,15 @@ class PredictWidget(Container):
 
         # one progress step per batch of tiles and per finished plane, and one for
         # the probabilities resized back when the plane was rescaled
-        options = segment_options(model, regions=bool(self.regions.value))
+        options = SegmentConfig(
+            threshold=float(self.threshold.value),
+            min_size=int(self.min_size.value),
+            split=bool(self.split.value),
+            expand=int(self.expand.value),
+            regions=bool(self.regions.value),
+            tta=tta,
+            diameter=diameter,
+        ).segment_kwargs(model)
         per_plane = count_batches(geometry, shape, region, tile, batch, zoom) + 1
         total = (per_plane + (zoom != 1.0)) * len(planes)
         worker = create_worker(
@@ -346,14 +357,8 @@ class PredictWidget(Container):
             tile_size=tile,
             batch_size=batch,
             device=self.device.value,
-            threshold=float(self.threshold.value),
-            min_size=int(self.min_size.value),
-            split=bool(self.split.value),
-            expand=int(self.expand.value),
-            tta=tta,
             channel_axis=-3 if channels else None,
             first_label=first_label,
-            diameter=diameter,
             **options,
             _progress={"total": total, "desc": "U-Net prediction"},
         )

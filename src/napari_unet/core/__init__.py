@@ -35,6 +35,7 @@ _EXPORTS = {
     "TrainConfig": "training",
     "TrainProgress": "training",
     "TrainResult": "training",
+    "SegmentConfig": "segment_config",
     "instance_scores": "metrics",
     "seg_score": "metrics",
     "pretrained_models": "pretrained",

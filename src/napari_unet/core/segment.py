@@ -28,6 +28,7 @@ from napari_unet.core.postprocess import (
     foreground_probability,
     probabilities_to_labels,
 )
+from napari_unet.core.segment_config import SegmentConfig
 from napari_unet.core.tiling import (
     TestTimeAugmentation,
     as_channels_first,
@@ -227,14 +228,14 @@ def iter_segment(
     batch_size: int | None = None,
     device: str | torch.device | None = "auto",
     threshold: float = 0.5,
-    min_size: int = 16,
-    split: bool = False,
-    expand: int = 0,
+    min_size: int = SegmentConfig.min_size,
+    split: bool = SegmentConfig.split,
+    expand: int = SegmentConfig.expand,
     fill_gaps: int = FILL_GAPS,
-    tta: bool = False,
+    tta: bool = SegmentConfig.tta,
     channel_axis: int | None = None,
     first_label: int = 1,
-    diameter: float | None = None,
+    diameter: float | None = SegmentConfig.diameter,
     output: Literal["instances", "mask"] = "instances",
 ) -> Generator[SegmentProgress | PlaneDone, None, int]:
     """Segment the planes of ``image``, yielding tile progress and finished planes.
@@ -253,7 +254,10 @@ def iter_segment(
     tile_size, batch_size, device, tta
         Passed to :func:`~napari_unet.core.iter_predict_tiled`.
     threshold, min_size, split, expand, fill_gaps
-        Passed to :func:`~napari_unet.core.probabilities_to_labels`.
+        Passed to :func:`~napari_unet.core.probabilities_to_labels`; the
+        defaults are :class:`~napari_unet.core.segment_config.SegmentConfig`'s
+        (:meth:`SegmentConfig.segment_kwargs` resolves a model's own threshold
+        and its task's output and gap filling).
     channel_axis : int, optional
         Channel axis for multi-channel models (default -3).
     first_label : int
