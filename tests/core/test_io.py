@@ -169,3 +169,23 @@ def test_plane_writer_checks(tmp_path):
         w.write(np.zeros((4, 5)))
         with pytest.raises(ValueError, match="already"):
             w.write(np.zeros((4, 5)))
+
+
+def test_outputs_are_published_where_hard_links_are_not_supported(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")  # FAT, some network shares
+
+    monkeypatch.setattr(os, "link", no_links)
+    path = tmp_path / "out.tif"
+    late = PlaneWriter(path, (4, 5), np.uint8)  # started before the first one finished
+    with PlaneWriter(path, (4, 5), np.uint8) as w:
+        w.write(np.ones((4, 5)))
+    assert (np.asarray(open_image(path)[:]) == 1).all()
+    late.write(np.zeros((4, 5)))
+    with pytest.raises(FileExistsError, match="another job"):
+        late.close()  # the first result is still never replaced
+    assert (np.asarray(open_image(path)[:]) == 1).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.partial.tif", "out.tif"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 import torch
 
 import napari_unet
-from napari_unet.core.io import default_permissions
+from napari_unet.core.io import unique_path
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.preprocess import Normalization
 from napari_unet.core.pretrained import available_names, model_file
@@ -85,13 +84,12 @@ def save_model(
         "state_dict": state,
     }
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = unique_path(path.parent, f".{path.name}.", ".tmp")  # umask permissions, not 0600
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
-        default_permissions(tmp)  # mkstemp's 0600 would hide the model from others
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

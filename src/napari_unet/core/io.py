@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -167,11 +168,25 @@ def partial_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f"{path.stem}.partial{path.suffix}")
 
 
-def default_permissions(path: str | os.PathLike[str], directory: bool = False) -> None:
-    """Give a file made by :mod:`tempfile` (mode 0600) the permissions the umask allows."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+def unique_path(
+    folder: str | os.PathLike[str], prefix: str, suffix: str, *, directory: bool = False
+) -> Path:
+    """Create a new, uniquely named empty file (or folder) in ``folder`` and return it.
+
+    Like :func:`tempfile.mkstemp` / :func:`tempfile.mkdtemp`, but created with
+    the permissions the umask allows (``tempfile`` makes them private, 0600),
+    so the finished output that is renamed from it is readable as usual.
+    """
+    while True:
+        path = Path(folder) / f"{prefix}{secrets.token_hex(6)}{suffix}"
+        try:
+            if directory:
+                os.mkdir(path, 0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
 
 
 class PlaneWriter:
@@ -219,12 +234,16 @@ class PlaneWriter:
         self.written = 0
         self.overwrite = overwrite
         self._closed = False
-        prefix, suffix = f".{self.path.name}.", f".tmp{self.path.suffix}"
-        if _suffix(self.path) in ZARR_SUFFIXES:
+        zarr_output = _suffix(self.path) in ZARR_SUFFIXES
+        self._tmp = unique_path(
+            self.path.parent,
+            f".{self.path.name}.",
+            f".tmp{self.path.suffix}",
+            directory=zarr_output,
+        )
+        if zarr_output:
             import zarr
 
-            self._tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=self.path.parent))
-            default_permissions(self._tmp, directory=True)
             chunks = (1,) * (len(self.shape) - plane_ndim) + tuple(
                 min(s, 2048) if i >= plane_ndim - 2 else s for i, s in enumerate(self.plane_shape)
             )
@@ -233,10 +252,6 @@ class PlaneWriter:
             )
             self._tiff = None
         else:
-            fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=self.path.parent)
-            os.close(fd)
-            self._tmp = Path(tmp)
-            default_permissions(self._tmp)
             nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
             self._tiff = tifffile.TiffWriter(self._tmp, bigtiff=nbytes > BIGTIFF_BYTES)
             self._zarr = None
@@ -351,7 +366,15 @@ def _publish(tmp: Path, path: Path, *, overwrite: bool) -> None:
     elif overwrite:
         os.replace(tmp, path)
     else:
-        os.link(tmp, path)  # fails if path exists: never replaces another job's output
+        try:
+            os.link(tmp, path)  # fails if path exists: never replaces another job's output
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links (FAT, some network shares)
+            if path.exists():
+                raise FileExistsError(path) from None
+            os.replace(tmp, path)
+            return
         tmp.unlink()
 
 
