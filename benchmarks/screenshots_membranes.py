@@ -17,14 +17,11 @@ Run from the repository root (needs a display; Xvfb works)::
 from __future__ import annotations
 
 import argparse
-import os
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import tifffile
-from screenshots_train_predict import ROOT, save, wait_for
+from screenshots_train_predict import ROOT, annotated_viewer, save, wait_for
 
 DATA = ROOT.parent / "shared" / "data" / "isbi2012_em_membranes"
 SLICES = ["00", "01", "15"]
@@ -36,27 +33,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=1.0, help="training time budget")
     args = parser.parse_args()
-    os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp()) / "settings.yaml")
-    import napari
-    from napari.settings import get_settings
-
-    from napari_unet._widgets._session import annotation_info
     from napari_unet.core.metrics import foreground_iou
 
-    get_settings().application.gui_notification_level = "error"
     image = np.stack([tifffile.imread(DATA / "images" / f"{s}.tif") for s in SLICES])
     truth = np.stack([tifffile.imread(DATA / "masks" / f"{s}.tif") for s in SLICES])
     annotations = np.zeros(truth.shape, np.uint8)
     annotations[ANNOTATED] = truth[ANNOTATED]
-
-    viewer = napari.Viewer(show=True, title="napari-unet")
-    viewer.window.resize(1500, 1000)
-    viewer.add_image(image, name="EM", colormap="gray")
-    labels = viewer.add_labels(annotations, name="EM annotations", opacity=0.4)
-    info = annotation_info(labels)
-    info["planes"] = ANNOTATED
-    info["image"] = "EM"
-    viewer.dims.set_current_step(0, 0)
+    viewer, labels = annotated_viewer(image, annotations, "EM", ANNOTATED, opacity=0.4)
 
     train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
     train.labels_layer.value = labels

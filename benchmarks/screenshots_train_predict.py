@@ -68,25 +68,48 @@ def load(prefix: str) -> tuple[np.ndarray, np.ndarray]:
     return tifffile.imread(path), tifffile.imread(DATA / "masks" / path.name)
 
 
-def main() -> None:
+def annotated_viewer(
+    image: np.ndarray,
+    annotations: np.ndarray,
+    name: str,
+    planes: list[int],
+    *,
+    opacity: float = 0.5,
+    **image_kwargs: object,
+) -> tuple:
+    """A napari window (private settings) with ``image`` and its annotations layer.
+
+    ``planes`` of the annotations are marked as annotated, as the Annotate widget
+    does; only errors pop up over the canvas. Returns ``(viewer, labels_layer)``.
+    """
     import os
     import tempfile
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=5.0, help="training time cap (minutes)")
-    parser.add_argument("--steps", type=int, default=240, help="most training steps")
-    args = parser.parse_args()
-
-    # private napari settings (and napari-unet settings next to them) for this run;
-    # only errors pop up over the canvas
+    # private napari settings (and napari-unet settings next to them) for this run
     os.environ["NAPARI_CONFIG"] = str(Path(tempfile.mkdtemp()) / "settings.yaml")
     import napari
     from napari.settings import get_settings
 
     from napari_unet._widgets._session import annotation_info
-    from napari_unet.core.metrics import f1_at
 
     get_settings().application.gui_notification_level = "error"
+    viewer = napari.Viewer(show=True, title="napari-unet")
+    viewer.window.resize(1500, 1000)
+    viewer.add_image(image, name=name, colormap="gray", **image_kwargs)
+    labels = viewer.add_labels(annotations, name=f"{name} annotations", opacity=opacity)
+    info = annotation_info(labels)
+    info["planes"] = planes
+    info["image"] = name
+    viewer.dims.set_current_step(0, 0)
+    return viewer, labels
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=5.0, help="training time cap (minutes)")
+    parser.add_argument("--steps", type=int, default=240, help="most training steps")
+    args = parser.parse_args()
+    from napari_unet.core.metrics import f1_at
 
     pairs = [load(prefix) for prefix in IMAGE_IDS]
     image = np.stack([p[0] for p in pairs])
@@ -95,19 +118,10 @@ def main() -> None:
     annotations[ANNOTATED] = truth[ANNOTATED]
 
     OUT.mkdir(parents=True, exist_ok=True)
-    viewer = napari.Viewer(show=True, title="napari-unet")
-    viewer.window.resize(1500, 1000)
-    viewer.add_image(
-        image,
-        name="nuclei",
-        colormap="gray",
-        contrast_limits=(0, float(np.percentile(image, 99.8))),
+    contrast = (0, float(np.percentile(image, 99.8)))
+    viewer, labels = annotated_viewer(
+        image, annotations, "nuclei", ANNOTATED, contrast_limits=contrast
     )
-    labels = viewer.add_labels(annotations, name="nuclei annotations", opacity=0.5)
-    info = annotation_info(labels)
-    info["planes"] = ANNOTATED
-    info["image"] = "nuclei"
-    viewer.dims.set_current_step(0, 0)
 
     # ---- 3. Train
     train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")

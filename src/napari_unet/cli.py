@@ -37,7 +37,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
         return super()._get_help_string(action)
 
 
-class _StopOnSigint:
+class _StopOnSignal:
     """First Ctrl-C or SIGTERM asks the job to stop at the next progress event; a second aborts.
 
     So an interrupt (or a cluster scheduler's SIGTERM) never lands in the
@@ -59,7 +59,7 @@ class _StopOnSigint:
             name = signal.Signals(signum).name
             print(f"\nnapari-unet: {name}: {self.message} (again to abort)", file=sys.stderr)
 
-    def __enter__(self) -> _StopOnSigint:
+    def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():
             self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
         return self
@@ -174,7 +174,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                 )
             )
         bar = stack.enter_context(_progress(0, "predict", "tile"))
-        stop = stack.enter_context(_StopOnSigint())
+        stop = stack.enter_context(_StopOnSignal())
         jobs = iter_segment(
             model,
             image,
@@ -378,7 +378,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         norm=None if args.norm == "none" else config.norm,
         validate_every=min(config.validate_every, config.steps),
     )
-    with _StopOnSigint("stopping after this step, keeping the best model") as stop:
+    with _StopOnSignal("stopping after this step, keeping the best model") as stop:
         jobs = iter_train(
             images,
             labels,

@@ -59,6 +59,18 @@ FAST = TrainConfig(
 )
 
 
+def drain(gen, each=None):
+    """Run a training generator to its end: its events and its result."""
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as done:
+            return events, done.value
+        if each is not None:
+            each(events[-1])
+
+
 @pytest.fixture(scope="module")
 def data():
     train_set = [nuclei(s) for s in range(3)]
@@ -101,13 +113,7 @@ def test_progress_events_validation_and_checkpoint(data, tmp_path):
         steps=6, batch_size=1, patch_size=92, depth=3, base_channels=4, validate_every=3, seed=1
     )
     gen = iter_train(images, labels, config=config, device="cpu", checkpoint=tmp_path / "m.pt")
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            result = stop.value
-            break
+    events, result = drain(gen)
     assert [e.step for e in events] == list(range(1, 7))
     assert all(isinstance(e, TrainProgress) and np.isfinite(e.loss) for e in events)
     assert [e.validation is not None for e in events] == [False, False, True] * 2
@@ -389,13 +395,7 @@ def test_time_budget_ends_training_on_time_final_validation_included(data, monke
     )
     assert config.steps == 10_000  # a cap: the time budget ends the run
     gen = iter_train([train_set[0][0]], [train_set[0][1]], config=config, device="cpu")
-    events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as done:
-            result = done.value
-            break
+    events, result = drain(gen)
     # 45 steps (1 s each) + 2 validations during training + the final one (5 s each)
     assert result.stopped == "time" and result.steps == 45
     assert 0.9 * 60 <= result.elapsed <= 60
@@ -431,13 +431,11 @@ def test_a_diverging_run_stops_and_returns_the_model_from_before(data, monkeypat
         base_channels=4,
     )
     gen = iter_train([train_set[0][0]], [train_set[0][1]], config=config, device="cpu")
-    while True:
-        try:
-            event = next(gen)
-        except StopIteration as done:
-            result = done.value
-            break
+
+    def snapshot(event):
         snapshots[event.step] = copy.deepcopy(gen.gi_frame.f_locals["net"].state_dict())
+
+    _, result = drain(gen, snapshot)
     assert result.stopped == "diverged" and result.steps == 3 and result.best_step == 2
     state = result.model.state_dict()
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())

@@ -133,6 +133,7 @@ class TrainWidget(Container):
         self._start_picked = False  # the user chose "Start from": keep it
         self._task_picked = False  # the user chose "Task": keep it
         self._n_examples = 1
+        self._channels = 1  # of the annotated image, as last seen
         self.progress_bar: Any = None
         self._job_start: str | None = None
         self.last_result: TrainResult | None = None
@@ -597,9 +598,14 @@ class TrainWidget(Container):
                 with self.task.changed.blocked():
                     self.task.value = choice.task
                 self._apply_task_preset()
+        self._channels = channels
+        self._follow_start()
+
+    def _follow_start(self) -> None:
+        """Start from the task's default model unless the user picked a start by hand."""
         if not self._start_picked:
             with self.start_from.changed.blocked():
-                self.start_from.value = default_start(self.task.value, channels) or SCRATCH
+                self.start_from.value = default_start(self.task.value, self._channels) or SCRATCH
             self._show_start()
 
     def _apply_task_preset(self) -> None:
@@ -616,10 +622,7 @@ class TrainWidget(Container):
         self._task_picked = True
         self.task_info.value = "Chosen by hand."
         self._apply_task_preset()
-        if not self._start_picked:
-            with self.start_from.changed.blocked():
-                self.start_from.value = default_start(self.task.value) or SCRATCH
-            self._show_start()
+        self._follow_start()
 
     def update_summary(self, event: Any = None) -> str:
         """Describe what the chosen Labels layer marks as annotated (shown in the form)."""

@@ -128,6 +128,18 @@ def training_weights(
     """
     instances = as_instances(labels)
     known = np.ones(instances.shape, bool) if mask is None else np.asarray(mask, bool)
+    return _weights_of(instances, known, weighting, w0, sigma, separate)
+
+
+def _weights_of(
+    instances: np.ndarray,
+    known: np.ndarray,
+    weighting: Weighting,
+    w0: float,
+    sigma: float,
+    separate: bool,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`training_weights` of labels already made instances by :func:`as_instances`."""
     if separate:
         instances = separate_touching(instances)
     instances = np.where(known, instances, 0)
@@ -209,9 +221,7 @@ def prepare_sample(
         raise ValueError("the annotated region is empty: nothing to learn from")
     if not (instances[known] > 0).any():
         raise ValueError("the annotation has no cells (all labels are 0): paint some cells")
-    instances, weights = training_weights(
-        instances, known, weighting=weighting, w0=w0, sigma=sigma, separate=separate
-    )
+    instances, weights = _weights_of(instances, known, weighting, w0, sigma, separate)
     target = np.where(known, (instances > 0).astype(np.int8), np.int8(UNKNOWN)).astype(np.int8)
     norm = normalization or Normalization()
     return Sample(norm(image), target, weights, instances)

@@ -601,8 +601,7 @@ def iter_train(
                 step,
                 loss.item(),
             )
-            stopped = "diverged"
-            net.load_state_dict(best_state)
+            stopped = "diverged"  # the best weights are loaded after the loop
             step -= 1
             break
         optimizer.zero_grad(set_to_none=True)
