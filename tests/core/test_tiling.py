@@ -4,6 +4,7 @@ import torch
 import zarr
 
 from napari_unet.core.model import UNet, valid_input_size
+from napari_unet.core.predictor import halo
 from napari_unet.core.tiling import (
     TestTimeAugmentation,
     TileProgress,
@@ -11,6 +12,7 @@ from napari_unet.core.tiling import (
     plan_tiles,
     predict_tiled,
     reflect_indices,
+    run_tiles,
 )
 
 
@@ -23,11 +25,13 @@ def net() -> UNet:
 def whole_image_reference(net: UNet, image: np.ndarray) -> np.ndarray:
     """Prediction of the whole mirror-padded image in one pass (np.pad, not our indices)."""
     h, w = image.shape[-2:]
-    m = net.margin
+    m = halo(net)  # the margin of a valid network
     ph, pw = valid_input_size(h + 2 * m), valid_input_size(w + 2 * m)
     pad = [(0, 0)] * (image.ndim - 2) + [(m, ph - h - m), (m, pw - w - m)]
     padded = np.pad(image.astype(np.float32), pad, mode="reflect")
     x = torch.from_numpy(padded).reshape(-1, net.in_channels, ph, pw)
+    if not isinstance(net, UNet):  # a predictor: probabilities of a numpy batch
+        return net(x.numpy())[..., :h, :w]
     with torch.inference_mode():
         prob = torch.softmax(net(x), dim=1).numpy()[..., :h, :w]
     return prob
@@ -186,10 +190,11 @@ def test_channel_mismatch():
 
 def test_out_of_memory_falls_back(net, monkeypatch):
     """A GPU OOM halves the batch, then the tile, then moves to the CPU (simulated)."""
+    import napari_unet.core.predictor as predictor
     import napari_unet.core.tiling as tiling
 
     calls = []
-    real_forward = tiling.forward
+    real_forward = predictor.forward
 
     def fake_forward(model, batch, device):
         calls.append((device.type, batch.shape))
@@ -197,9 +202,9 @@ def test_out_of_memory_falls_back(net, monkeypatch):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
         return real_forward(model, batch, device)
 
-    monkeypatch.setattr(tiling, "forward", fake_forward)
+    monkeypatch.setattr(predictor, "forward", fake_forward)
     monkeypatch.setattr(tiling, "select_device", lambda d: torch.device("meta"))
-    monkeypatch.setattr(tiling, "on_device", lambda m, d: m)
+    monkeypatch.setattr(predictor, "on_device", lambda m, d: m)
     monkeypatch.setattr(tiling, "auto_tile_size", lambda m, d: 252)
     image = np.random.default_rng(0).random((100, 100)).astype(np.float32)
     gen = iter_predict_tiled(net, image, batch_size=4, device="cuda")
@@ -220,9 +225,9 @@ def test_out_of_memory_falls_back(net, monkeypatch):
 def test_test_time_augmentation_is_the_d4_average_and_seam_free(net):
     torch.manual_seed(1)
     x = torch.rand(1, 1, 204, 220)
-    tta = TestTimeAugmentation(net)
+    tta = TestTimeAugmentation(net)  # wraps a predictor (here the UNet's)
     with torch.inference_mode():
-        out = torch.softmax(tta(x), 1)
+        out = torch.from_numpy(tta(x.numpy()))
         variants = []
         for k in range(4):
             for flip in (False, True):
@@ -233,9 +238,79 @@ def test_test_time_augmentation_is_the_d4_average_and_seam_free(net):
                 variants.append(torch.rot90(p, -k, (-2, -1)))
         torch.testing.assert_close(out, sum(variants) / 8, atol=1e-5, rtol=1e-4)
         # the D4 average is equivariant: TTA(flip x) = flip TTA(x)
-        flipped = torch.softmax(tta(torch.flip(x, (-1,))), 1)
+        flipped = torch.from_numpy(tta(torch.flip(x, (-1,)).numpy()))
         torch.testing.assert_close(flipped, torch.flip(out, (-1,)), atol=1e-5, rtol=1e-4)
     # tiled TTA equals TTA of the whole mirror-padded image in one pass
     image = np.random.default_rng(2).normal(size=(70, 90)).astype(np.float32)
     tiled = predict_tiled(net, image, tile_size=220, device="cpu", tta=True)
     np.testing.assert_allclose(tiled, whole_image_reference(tta, image)[0], atol=2e-5)
+
+
+class BoxPredictor:
+    """A predictor that is not a UNet: a valid 9x9 box filter as 'foreground' (step 8)."""
+
+    in_channels, n_classes, step, halo, bytes_per_pixel = 1, 2, 8, 4, 4.0
+
+    def __init__(self, device="cpu", fail_above=None):
+        self.device = torch.device(device)
+        self.fail_above = fail_above  # simulated out-of-memory above this many pixels
+        self.batches = []
+
+    def tile_for_core(self, core):
+        return core + 8
+
+    def output_size(self, size):
+        return size - 8
+
+    def __call__(self, batch):
+        self.batches.append((self.device.type, batch.shape))
+        if self.fail_above is not None and batch[:, 0].size > self.fail_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        x = torch.from_numpy(batch)
+        fg = torch.sigmoid(torch.nn.functional.avg_pool2d(x, 9, stride=1))
+        return torch.cat([1 - fg, fg], 1).numpy()
+
+    def to(self, device):
+        moved = BoxPredictor(device)
+        moved.batches = self.batches
+        return moved
+
+
+def box_reference(image):
+    padded = np.pad(image, 4, mode="reflect")
+    x = torch.from_numpy(padded)[None, None]
+    return torch.sigmoid(torch.nn.functional.avg_pool2d(x, 9, stride=1))[0, 0].numpy()
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_any_predictor_runs_through_the_engine(tta):
+    """The engine needs the geometry protocol only (step, halo, tile for a core, output size)."""
+    image = np.random.default_rng(3).random((45, 61)).astype(np.float32)
+    prob = predict_tiled(BoxPredictor(), image, tile_size=24, device="cpu", tta=tta)
+    # the box filter is D4-symmetric, so its TTA average is itself
+    np.testing.assert_allclose(prob[1], box_reference(image), atol=1e-6)
+    plan = plan_tiles(BoxPredictor(), image.shape, 24)
+    assert plan.tile == (24, 24) and plan.core == (16, 16) and len(plan.origins) == 3 * 4
+
+
+def test_engine_out_of_memory_fallback_for_any_predictor():
+    """The fallback lives in the engine: batch halved, then tiles, then the CPU."""
+    image = np.random.default_rng(4).random((64, 64)).astype(np.float32)
+    p = BoxPredictor("meta", fail_above=0)  # every batch fails until on the CPU
+    prob = np.zeros((2, 64, 64), np.float32)
+    messages = []
+
+    def read(_, rows, cols):
+        return image[np.ix_(reflect_indices(rows, 64), reflect_indices(cols, 64))][None]
+
+    def write(_, rows, cols, tile_prob):
+        prob[:, rows, cols] = tile_prob
+
+    for event in run_tiles(p, (64, 64), 1, read, write, tile_size=40, batch_size=4):
+        messages.append(event.message)
+    np.testing.assert_allclose(prob[1], box_reference(image), atol=1e-6)
+    sizes = [(dev, shape[0], shape[-1]) for dev, shape in p.batches]
+    assert sizes[:3] == [("meta", 4, 40), ("meta", 2, 40), ("meta", 1, 40)]
+    assert sizes[3] == ("meta", 1, 24)  # then half the core (32 -> 16)
+    assert sizes[4][0] == "meta" and all(dev == "cpu" for dev, _, _ in sizes[5:])
+    assert sum("CPU" in m for m in messages) == 1

@@ -13,9 +13,9 @@ result equals :func:`~napari_unet.core.predict_tiled` to float tolerance:
 * Block edges are multiples of ``model.step`` (``2 ** depth``) in image
   coordinates, and tiles inside a block start at multiples of it too: the
   max-pooling grid is the one :func:`predict_tiled` uses.
-* Each block predicts only its own pixels, with tiles whose cores cover the
-  block once (the last tile of a row or column is shrunk to what is left, not
-  clipped), so no pixel is computed twice.
+* Each block runs the tile engine (:func:`~napari_unet.core.tiling.run_tiles`,
+  with its out-of-memory fallback) over its own pixels only, so no pixel is
+  computed twice.
 
 The model travels to workers as a file path when given one, and each worker
 process loads it once (cached on the path and the file's modification time).
@@ -38,19 +38,15 @@ import torch
 from napari_unet.core.checkpoint import load_model
 from napari_unet.core.device import select_device
 from napari_unet.core.model import UNet
+from napari_unet.core.predictor import NetworkPredictor, halo, on_device, tile_overhead
 from napari_unet.core.pretrained import model_file
 from napari_unet.core.tiling import (
     as_channels_first,
-    auto_batch_size,
     auto_tile_size,
-    forward,
-    halo,
-    on_device,
     plan_tiles,
     read_tile,
     reflect_indices,
-    tile_for_core,
-    tile_overhead,
+    run_tiles,
 )
 
 __all__ = ["block_depth", "predict_dask"]
@@ -161,49 +157,30 @@ def _predict_block(
     ``block`` has shape (1.., C, H, W); local row 0 is image row
     ``block_start - context`` and the data reach at least
     ``round_up(h, step) + context`` rows past the block start (mirrored past
-    the image border).
+    the image border). The tile engine runs over the block's own pixels;
+    tile reads past the data are clipped to it, which changes only outputs
+    past the block (their context is not needed by any kept pixel).
     """
     assert block_id is not None, "dask passes block_id"
     net, dev = _network(spec, device)
+    predictor = NetworkPredictor(net, dev)
     h, w = y_edges[block_id[-2]], x_edges[block_id[-1]]
     lead = block.shape[:-3]
-    data = np.asarray(block).reshape(block.shape[-3:])
+    n_chan, rows_in, cols_in = (int(n) for n in block.shape[-3:])
+    data = np.asarray(block).reshape(n_chan, rows_in, cols_in)
     out = np.empty((net.n_classes, h, w), np.float32)
-    tile = tile_size if tile_size is not None else auto_tile_size(net, dev)
-    plan = plan_tiles(net, (h, w), tile)
-    margin, step, offset = plan.margin, net.step, plan.offset
-    batch_max = int(batch_size) if batch_size else auto_batch_size(net, dev, plan.tile)
 
-    def run(jobs: list[tuple[int, int, int, int]], shape: tuple[int, int]) -> None:
-        tiles = []
-        for y, x, _, _ in jobs:
-            r0, c0 = context + y - margin, context + x - margin
-            if min(r0, c0) < 0 or r0 + shape[0] > data.shape[-2] or c0 + shape[1] > data.shape[-1]:
-                raise RuntimeError(  # pragma: no cover - guarded by the geometry
-                    f"tile at {(y, x)} of shape {shape} leaves block of {data.shape[-2:]}"
-                )
-            rows, cols = np.arange(r0, r0 + shape[0]), np.arange(c0, c0 + shape[1])
-            tiles.append(read_tile(data, (), rows, cols, True))
-        probs = forward(net, np.stack(tiles), dev)
-        for (y, x, th, tw), prob in zip(jobs, probs, strict=True):
-            out[:, y : y + th, x : x + tw] = prob[:, offset : offset + th, offset : offset + tw]
+    def read(_: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        rows = np.clip(rows + context, 0, rows_in - 1)
+        cols = np.clip(cols + context, 0, cols_in - 1)
+        return read_tile(data, (), rows, cols, True)
 
-    pending: list[tuple[int, int, int, int]] = []
-    pending_shape: tuple[int, int] | None = None
-    for y, x in plan.origins:
-        th, tw = min(plan.core[0], h - y), min(plan.core[1], w - x)
-        # shrink the last tile to the pixels left (cores stay multiples of step)
-        shape = (
-            tile_for_core(net, _round_up(th, step)),
-            tile_for_core(net, _round_up(tw, step)),
-        )
-        if pending and (shape != pending_shape or len(pending) == batch_max):
-            run(pending, pending_shape)  # type: ignore[arg-type]
-            pending = []
-        pending.append((y, x, th, tw))
-        pending_shape = shape
-    if pending:
-        run(pending, pending_shape)  # type: ignore[arg-type]
+    def write(_: int, rows: slice, cols: slice, prob: np.ndarray) -> None:
+        out[:, rows, cols] = prob
+
+    tile = tile_size if tile_size is not None else auto_tile_size(predictor, dev)
+    for _ in run_tiles(predictor, (h, w), 1, read, write, tile_size=tile, batch_size=batch_size):
+        pass
     return out.reshape((*lead, *out.shape))
 
 
@@ -270,11 +247,13 @@ def predict_dask(
     """
     import dask.array as da
 
+    spec: ModelSpec
     if isinstance(model, str | os.PathLike):
-        spec: ModelSpec = str(model_file(model).resolve())
-        if not Path(spec).is_file():
-            load_model(spec)  # raises ModelFileError (not found)
-        net = _load_cached(spec, os.stat(spec).st_mtime_ns)
+        path = str(model_file(model).resolve())
+        if not Path(path).is_file():
+            load_model(path)  # raises ModelFileError (not found)
+        net = _load_cached(path, os.stat(path).st_mtime_ns)
+        spec = path
     elif isinstance(model, UNet):
         net = copy.deepcopy(model).eval()
         spec = net

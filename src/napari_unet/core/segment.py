@@ -28,17 +28,34 @@ from napari_unet.core.postprocess import (
     foreground_probability,
     probabilities_to_labels,
 )
+from napari_unet.core.predictor import (
+    Predictor,
+    TestTimeAugmentation,
+    as_predictor,
+    tile_for_core,
+    tile_overhead,
+)
 from napari_unet.core.segment_config import SegmentConfig
 from napari_unet.core.tiling import (
-    TestTimeAugmentation,
     as_channels_first,
     auto_batch_size,
     auto_tile_size,
     iter_predict_tiled,
     plan_tiles,
-    tile_for_core,
-    tile_overhead,
 )
+
+__all__ = [
+    "ZOOM_RANGE",
+    "PlaneDone",
+    "SegmentProgress",
+    "Window",
+    "context_window",
+    "count_batches",
+    "iter_segment",
+    "object_zoom",
+    "resize",
+    "resolve_tiling",
+]
 
 Window = tuple[slice, slice]
 
@@ -164,7 +181,10 @@ def count_batches(
 ) -> int:
     """Batches of tiles (progress events) :func:`iter_segment` runs per plane."""
     window = context_window(model, shape, region, zoom)
-    size = tuple(_zoomed(sl.stop - sl.start, zoom) for sl in window)
+    size = (
+        _zoomed(window[0].stop - window[0].start, zoom),
+        _zoomed(window[1].stop - window[1].start, zoom),
+    )
     plan = plan_tiles(model, size, tile_size)
     return math.ceil(len(plan.origins) / batch_size)
 
@@ -295,36 +315,40 @@ def iter_segment(
     if output not in ("instances", "mask"):
         raise ValueError(f"`output` must be 'instances' or 'mask', got {output!r}")
     target = _check_region(region, shape)
-    geometry = TestTimeAugmentation(model) if tta else model
     zoom = object_zoom(model, diameter)
-    dev, tile, batch = resolve_tiling(geometry, device, tile_size, batch_size)
-    window = context_window(geometry, shape, target, zoom)
+    dev, tile, batch = resolve_tiling(model, device, tile_size, batch_size)
+    predictor: Predictor = as_predictor(model, dev)  # on the device once for all planes
+    if tta:
+        predictor = TestTimeAugmentation(predictor)
+    window = context_window(model, shape, target, zoom)
     local = tuple(
         slice(t.start - w.start, t.stop - w.start) for t, w in zip(target, window, strict=True)
     )
     origin = (window[0].start, window[1].start)
-    whole = tuple(slice(0, w.stop - w.start) for w in window)
-    total = count_batches(geometry, shape, target, tile, batch, zoom) * len(todo)
+    whole = (
+        slice(0, window[0].stop - window[0].start),
+        slice(0, window[1].stop - window[1].start),
+    )
+    total = count_batches(model, shape, target, tile, batch, zoom) * len(todo)
     next_label, done = first_label, 0
     for k, index in enumerate(todo):
         plane = read_array(arr, index)
         x = model.normalization(plane)[..., window[0], window[1]]
         del plane
         _release_pages(arr)
-        size = tuple(x.shape[-2:])
+        size = (int(x.shape[-2]), int(x.shape[-1]))
         if zoom != 1.0:
-            x = resize(x.reshape(-1, *size), tuple(_zoomed(n, zoom) for n in size))
+            x = resize(x.reshape(-1, *size), (_zoomed(size[0], zoom), _zoomed(size[1], zoom)))
             x = x if channels else x[0]
         prob = np.zeros((model.n_classes, *x.shape[-2:]), np.float32)
         for event in iter_predict_tiled(
-            model,
+            predictor,
             x,
             tile_size=tile,
             batch_size=batch,
             device=dev,
             out=prob,
             channel_axis=-3 if channels else None,
-            tta=tta,
         ):
             done += 1
             regions = tuple((rows, cols) for _, rows, cols in event.regions)

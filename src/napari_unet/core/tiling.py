@@ -1,4 +1,4 @@
-"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2).
+"""Overlap-tile inference (Ronneberger et al. 2015, Fig. 2): the one tile engine.
 
 The output is cut into tiles (the *core* of each tile) that cover every
 plane exactly once. Each input tile carries the network's context around its
@@ -7,39 +7,56 @@ core; where that context falls outside the image, the image is mirrored
 sees the same grid in every tile: for a valid-padding network the tiled result
 equals the prediction of the whole mirror-padded image in one pass.
 
-Tiles are read lazily from any array-like with numpy slicing (numpy, memmap,
-zarr, dask), batched, prefetched in a thread while the network runs, and
-written into ``out`` as they finish. :func:`iter_predict_tiled` yields a
-:class:`TileProgress` after every batch and returns ``out``.
+The engine has three parts, as MONAI's splitter and merger: planning
+(:func:`plan_tiles`, :func:`auto_tile_size`), running (:func:`run_tiles`:
+batches read ahead in a thread, the out-of-memory fallback) and stitching
+(a writer that puts each core where it belongs). It runs any
+:class:`~napari_unet.core.predictor.Predictor`; :func:`iter_predict_tiled`
+serves whole arrays (numpy, memmap, zarr, dask, read lazily tile by tile) and
+:func:`~napari_unet.core.distributed.predict_dask` serves dask blocks.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from napari_unet.core.device import (
-    autocast_dtype,
-    available_memory,
-    is_out_of_memory,
-    select_device,
+from napari_unet.core.device import available_memory, is_out_of_memory, select_device
+from napari_unet.core.model import UNet
+from napari_unet.core.predictor import (
+    Predictor,
+    TestTimeAugmentation,
+    as_predictor,
+    halo,
+    tile_for_core,
+    tile_overhead,
 )
-from napari_unet.core.model import UNet, valid_input_size
+
+__all__ = [
+    "MAX_AUTO_CORE",
+    "TestTimeAugmentation",
+    "TilePlan",
+    "TileProgress",
+    "as_channels_first",
+    "auto_batch_size",
+    "auto_tile_size",
+    "iter_predict_tiled",
+    "plan_tiles",
+    "predict_tiled",
+    "read_tile",
+    "reflect_indices",
+    "run_tiles",
+]
 
 logger = logging.getLogger(__name__)
 
-#: Estimated inference memory per input pixel and base channel (bytes); measured
-#: peak for depth-4 networks on the CPU is below this (see docs/benchmarks.md).
-BYTES_PER_PIXEL_CHANNEL = 48
 #: Largest output tile edge chosen automatically on the CPU / on a GPU.
 MAX_AUTO_CORE = {"cpu": 1024, "gpu": 2048}
 
@@ -85,30 +102,15 @@ class TilePlan:
 # geometry
 
 
-def halo(model: UNet) -> int:
-    """Context before the first kept pixel (the mirror padding)."""
-    if model.padding == "valid":
-        return model.margin
-    # same padding: cover the receptive field (convolutions + pooling windows)
-    half = model.step // 2
-    return math.ceil((model.margin + model.step) / half) * half
-
-
-def tile_for_core(model: UNet, core: int) -> int:
-    return valid_input_size(core + 2 * halo(model), model.depth, model.padding)
-
-
-def tile_overhead(model: UNet) -> int:
-    """Input tile size minus output core size (the same for every tile)."""
-    return tile_for_core(model, model.step) - model.step
-
-
-def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[int]) -> TilePlan:
+def plan_tiles(
+    model: UNet | Predictor, shape: tuple[int, int], tile_size: int | Sequence[int]
+) -> TilePlan:
     """Plan tiles of input size at most ``tile_size`` over a plane of ``shape``.
 
     Parameters
     ----------
-    model : UNet
+    model : UNet or Predictor
+        Its geometry (step, halo, tile for a core) decides the tiles.
     shape : (int, int)
         Plane shape (M, N).
     tile_size : int or (int, int)
@@ -116,7 +118,9 @@ def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[in
         valid size, and never below the smallest useful tile. Tiles are made
         as even as possible, so they may be smaller than this.
     """
-    sizes = (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)
+    sizes: tuple[Any, ...] = (
+        (tile_size, tile_size) if np.isscalar(tile_size) else tuple(tile_size)  # type: ignore[arg-type]
+    )
     if len(sizes) != 2 or any(int(s) != s or s < 1 for s in sizes):
         raise ValueError(f"`tile_size` must be a positive int or a pair, got {tile_size!r}")
     step, extra = model.step, tile_overhead(model)
@@ -139,21 +143,22 @@ def plan_tiles(model: UNet, shape: tuple[int, int], tile_size: int | Sequence[in
     return TilePlan(tuple(cores), tuple(tiles), margin, offset, origins)  # type: ignore[arg-type]
 
 
-def auto_tile_size(model: UNet, device: torch.device, *, memory: int | None = None) -> int:
+def auto_tile_size(
+    model: UNet | Predictor, device: torch.device, *, memory: int | None = None
+) -> int:
     """Input tile edge that fits the memory of ``device`` (a valid size)."""
     memory = available_memory(device) if memory is None else memory
     budget = 0.5 * memory if device.type == "cuda" else min(0.25 * memory, 4 * 1024**3)
-    per_px = BYTES_PER_PIXEL_CHANNEL * model.config.base_channels
-    fit = int(math.sqrt(budget / per_px))
+    fit = int(math.sqrt(budget / as_predictor(model).bytes_per_pixel))
     cap = MAX_AUTO_CORE["cpu" if device.type == "cpu" else "gpu"] + tile_overhead(model)
     return max(tile_for_core(model, model.step), min(fit, cap))
 
 
-def auto_batch_size(model: UNet, device: torch.device, tile: tuple[int, int]) -> int:
+def auto_batch_size(model: UNet | Predictor, device: torch.device, tile: tuple[int, int]) -> int:
     """Tiles per batch: 1 on the CPU; as many as half the free VRAM holds (<= 16) on a GPU."""
     if device.type == "cpu":
         return 1
-    per_tile = BYTES_PER_PIXEL_CHANNEL * model.config.base_channels * tile[0] * tile[1]
+    per_tile = as_predictor(model).bytes_per_pixel * tile[0] * tile[1]
     return int(np.clip(0.5 * available_memory(device) // per_tile, 1, 16))
 
 
@@ -242,28 +247,20 @@ def read_tile(
     return slab
 
 
-def _read_batch(
-    image: Any,
-    planes: list[tuple[int, ...]],
-    plan: TilePlan,
-    shape: tuple[int, int],
-    jobs: Sequence[tuple[int, int, int]],
-    channels: bool,
-) -> np.ndarray:
+#: Reads the input of a tile: (plane, rows, cols) -> float32 (C, h, w). Rows and
+#: columns are plane coordinates and may lie outside the plane (the reader mirrors).
+Reader = Callable[[int, np.ndarray, np.ndarray], np.ndarray]
+#: Writes a tile's probabilities (n_classes, h, w) at (plane, rows, cols).
+Writer = Callable[[int, slice, slice, np.ndarray], None]
+
+
+def _read_batch(read: Reader, plan: TilePlan, jobs: Sequence[tuple[int, int, int]]) -> np.ndarray:
     tiles = []
     for p, y, x in jobs:
-        rows = reflect_indices(
-            np.arange(y - plan.margin, y - plan.margin + plan.tile[0]), shape[0]
-        )
-        cols = reflect_indices(
-            np.arange(x - plan.margin, x - plan.margin + plan.tile[1]), shape[1]
-        )
-        tiles.append(read_tile(image, planes[p], rows, cols, channels))
+        rows = np.arange(y - plan.margin, y - plan.margin + plan.tile[0])
+        cols = np.arange(x - plan.margin, x - plan.margin + plan.tile[1])
+        tiles.append(read(p, rows, cols))
     return np.stack(tiles)
-
-
-# ---------------------------------------------------------------------------
-# running
 
 
 class _OutOfMemory(Exception):
@@ -271,47 +268,30 @@ class _OutOfMemory(Exception):
         self.plane = plane
 
 
-def forward(net: UNet, batch: np.ndarray, device: torch.device) -> np.ndarray:
-    with torch.inference_mode():
-        x = torch.from_numpy(batch)
-        if device.type == "cuda":
-            x = x.pin_memory().to(device, non_blocking=True)
-        else:
-            x = x.to(device)
-        amp = autocast_dtype(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            logits = net(x)
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
-
-
-def _run_jobs(
-    net: UNet,
-    device: torch.device,
-    image: Any,
-    planes: list[tuple[int, ...]],
-    channels: bool,
+def _run_batches(
+    predictor: Predictor,
     plan: TilePlan,
+    shape: tuple[int, int],
     jobs: list[tuple[int, int, int]],
     batch_size: int,
-    out: Any,
-    shape: tuple[int, int],
+    read: Reader,
+    write: Writer,
     pool: ThreadPoolExecutor,
 ) -> Iterator[tuple[Region, ...]]:
-    """Run ``jobs`` (plane, y, x) in batches; yield the regions written by each batch."""
+    """Run ``jobs`` (plane, y, x) in batches (the next one read ahead); yield what each wrote."""
     batches = [jobs[i : i + batch_size] for i in range(0, len(jobs), batch_size)]
     if not batches:
         return
-    read = (image, planes, plan, shape)
-    pending: Future[np.ndarray] = pool.submit(_read_batch, *read, batches[0], channels)
+    pending: Future[np.ndarray] = pool.submit(_read_batch, read, plan, batches[0])
     for k, batch in enumerate(batches):
         tiles = pending.result()
         if k + 1 < len(batches):
-            pending = pool.submit(_read_batch, *read, batches[k + 1], channels)
+            pending = pool.submit(_read_batch, read, plan, batches[k + 1])
         try:
-            probs = forward(net, tiles, device)
+            probs = predictor(tiles)
         except RuntimeError as err:
-            if device.type != "cpu" and is_out_of_memory(err):
-                if device.type == "cuda":
+            if predictor.device.type != "cpu" and is_out_of_memory(err):
+                if predictor.device.type == "cuda":
                     torch.cuda.empty_cache()
                 raise _OutOfMemory(batch[0][0]) from err
             raise
@@ -320,29 +300,87 @@ def _run_jobs(
         for (p, y, x), prob in zip(batch, probs, strict=True):
             h, w = min(plan.core[0], shape[0] - y), min(plan.core[1], shape[1] - x)
             rows, cols = slice(y, y + h), slice(x, x + w)
-            out[(*planes[p], slice(None), rows, cols)] = prob[:, o : o + h, o : o + w]
+            write(p, rows, cols, prob[:, o : o + h, o : o + w])
             regions.append((p, rows, cols))
         yield tuple(regions)
 
 
-@contextmanager
-def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
-    training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(training)
+def run_tiles(
+    predictor: Predictor,
+    shape: tuple[int, int],
+    n_planes: int,
+    read: Reader,
+    write: Writer,
+    *,
+    tile_size: int | Sequence[int],
+    batch_size: int | None = None,
+) -> Generator[TileProgress, None, None]:
+    """The tile engine: plan, run (with the out-of-memory fallback) and stitch.
 
+    Parameters
+    ----------
+    predictor : Predictor
+        What turns a batch of tiles into probabilities, and its geometry.
+    shape : (int, int)
+        Plane shape (M, N); planes are numbered ``0 .. n_planes - 1``.
+    n_planes : int
+        Planes to predict.
+    read, write : callable
+        :data:`Reader` of a tile's input (it handles rows and columns outside
+        the plane) and :data:`Writer` of a tile's core probabilities.
+    tile_size : int or (int, int)
+        Largest input tile edge (see :func:`plan_tiles`).
+    batch_size : int, optional
+        Tiles per forward pass; from the device's memory if None.
 
-def on_device(model: UNet, device: torch.device) -> UNet:
-    """``model`` itself if it already lives on ``device``, else a copy moved there."""
-    param = next(model.parameters())
-    if param.device.type == device.type and (
-        device.index is None or param.device.index == device.index
-    ):
-        return model
-    return copy.deepcopy(model).to(device).eval()
+    Yields
+    ------
+    TileProgress
+        After every batch of tiles.
+
+    Notes
+    -----
+    On an out-of-memory error of an accelerator the batch size is halved,
+    then the tile size, then the job moves to the CPU; each step is logged
+    and reported in :attr:`TileProgress.message`, and the current plane is
+    redone.
+    """
+    plan = plan_tiles(predictor, shape, tile_size)
+    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    batch = (
+        int(batch_size) if batch_size else auto_batch_size(predictor, predictor.device, plan.tile)
+    )
+    first, message = 0, ""
+    with ThreadPoolExecutor(1) as pool:
+        while first < n_planes:
+            per_plane = len(plan.origins)
+            jobs = [(p, y, x) for p in range(first, n_planes) for y, x in plan.origins]
+            done = first * per_plane
+            try:
+                for regions in _run_batches(
+                    predictor, plan, shape, jobs, batch, read, write, pool
+                ):
+                    done += len(regions)
+                    last = regions[-1][0]
+                    yield TileProgress(
+                        done, n_planes * per_plane, last, n_planes, regions, message
+                    )
+                    message = ""
+                first = n_planes
+            except _OutOfMemory as oom:
+                first = oom.plane
+                if batch > 1:
+                    batch //= 2
+                    message = f"out of GPU memory: retrying with {batch} tiles per batch"
+                elif max(plan.core) > predictor.step:
+                    smaller = max(predictor.step, max(plan.core) // 2) + tile_overhead(predictor)
+                    plan = plan_tiles(predictor, shape, smaller)
+                    message = f"out of GPU memory: retrying with tiles of {plan.tile}"
+                else:
+                    predictor = predictor.to(torch.device("cpu"))
+                    message = "out of GPU memory even for the smallest tile: continuing on the CPU"
+                logger.warning(message)
 
 
 def _prepare_out(out: Any, shape: tuple[int, ...]) -> Any:
@@ -355,62 +393,8 @@ def _prepare_out(out: Any, shape: tuple[int, ...]) -> Any:
     return out
 
 
-class TestTimeAugmentation(torch.nn.Module):
-    """Average a network's probabilities over the 8 flips/90-degree rotations of each tile.
-
-    The forward pass runs the network on the 8 variants of every input tile,
-    maps each softmax back, averages them and returns the log of the mean, so
-    the tiler's softmax recovers the averaged probabilities exactly. It has the
-    wrapped network's geometry, so tiles stay seam-free (tile origins are
-    multiples of ``2 ** depth``, so mirrored tiles share one pooling grid too).
-
-    Parameters
-    ----------
-    net : UNet
-    """
-
-    __test__ = False  # not a pytest class
-
-    def __init__(self, net: UNet) -> None:
-        super().__init__()
-        self.net = net
-        self.train(net.training)
-
-    # geometry and settings of the wrapped network
-    config = property(lambda self: self.net.config)
-    depth = property(lambda self: self.net.depth)
-    in_channels = property(lambda self: self.net.in_channels)
-    n_classes = property(lambda self: self.net.n_classes)
-    padding = property(lambda self: self.net.padding)
-    step = property(lambda self: self.net.step)
-    margin = property(lambda self: self.net.margin)
-    normalization = property(lambda self: self.net.normalization)
-
-    def output_size(self, input_size: int) -> int | None:
-        """Output size of the wrapped network."""
-        return self.net.output_size(input_size)
-
-    def valid_input_size(self, size: int, *, round: str = "up") -> int:
-        """Nearest valid input size of the wrapped network."""
-        return self.net.valid_input_size(size, round=round)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Log of the mean softmax over the 8 variants of ``x``."""
-        total = torch.zeros(())
-        for k in range(4):
-            for flip in (False, True):
-                y = torch.rot90(x, k, (-2, -1))
-                if flip:
-                    y = torch.flip(y, (-1,))
-                p = torch.softmax(self.net(y).float(), dim=1)
-                if flip:
-                    p = torch.flip(p, (-1,))
-                total = total + torch.rot90(p, -k, (-2, -1))
-        return torch.log((total / 8).clamp_min(1e-12))
-
-
 def iter_predict_tiled(
-    model: UNet,
+    model: UNet | Predictor,
     image: Any,
     *,
     tile_size: int | Sequence[int] | None = None,
@@ -424,9 +408,10 @@ def iter_predict_tiled(
 
     Parameters
     ----------
-    model : UNet
-        The network (valid or same padding). It is applied as is: the image is
-        only cast to float32, not normalized (see :func:`~napari_unet.core.normalize`).
+    model : UNet or Predictor
+        The network (valid or same padding), or any :class:`~napari_unet.core.predictor.Predictor`.
+        It is applied as is: the image is only cast to float32, not
+        normalized (see :func:`~napari_unet.core.normalize`).
     image : array-like of shape (..., M, N), or (..., C, M, N) for C > 1 channels
         Any array supporting numpy slicing (numpy, memmap, zarr, dask); read
         lazily, tile by tile. Leading axes are planes.
@@ -442,7 +427,8 @@ def iter_predict_tiled(
         Axis of the channels if the model has several and they are not at -3.
     tta : bool
         Test-time augmentation: average over the 8 flips/rotations of every
-        tile (:class:`TestTimeAugmentation`; 8 times the compute).
+        tile (:class:`~napari_unet.core.predictor.TestTimeAugmentation`; 8
+        times the compute).
 
     Yields
     ------
@@ -456,66 +442,36 @@ def iter_predict_tiled(
 
     Notes
     -----
-    On a GPU out-of-memory error the batch size is halved, then the tile
-    size, then the job moves to the CPU; each step is logged and reported in
-    :attr:`TileProgress.message`. The current plane is then redone.
+    Runs :func:`run_tiles` (with its out-of-memory fallback) over the planes,
+    mirroring the image at its borders.
     """
     dev = select_device(device)
-    user_model = model
+    predictor: Predictor = as_predictor(model, dev)
     if tta:
-        model = TestTimeAugmentation(model)
-    arr, lead, channels = as_channels_first(image, model.in_channels, channel_axis)
+        predictor = TestTimeAugmentation(predictor)
+    arr, lead, channels = as_channels_first(image, predictor.in_channels, channel_axis)
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     if min(shape) < 1:
         raise ValueError(f"`image` is empty, shape {tuple(image.shape)}")
-    out = _prepare_out(out, (*lead, model.n_classes, *shape))
+    out = _prepare_out(out, (*lead, predictor.n_classes, *shape))
     planes = list(np.ndindex(*lead))
-    net = on_device(model, dev)
-    tile = tile_size if tile_size is not None else auto_tile_size(net, dev)
-    plan = plan_tiles(net, shape, tile)
-    if batch_size is not None and (int(batch_size) != batch_size or batch_size < 1):
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
-    batch = int(batch_size) if batch_size else auto_batch_size(net, dev, plan.tile)
-    first, message = 0, ""
-    with _eval_mode(user_model), _eval_mode(net), ThreadPoolExecutor(1) as pool:
-        while first < len(planes):
-            per_plane = len(plan.origins)
-            jobs = [(p, y, x) for p in range(first, len(planes)) for y, x in plan.origins]
-            done = first * per_plane
-            try:
-                for regions in _run_jobs(
-                    net, dev, arr, planes, channels, plan, jobs, batch, out, shape, pool
-                ):
-                    done += len(regions)
-                    yield TileProgress(
-                        done,
-                        len(planes) * per_plane,
-                        regions[-1][0],
-                        len(planes),
-                        regions,
-                        message,
-                    )
-                    message = ""
-                first = len(planes)
-            except _OutOfMemory as oom:
-                first = oom.plane
-                if batch > 1:
-                    batch //= 2
-                    message = f"out of GPU memory: retrying with {batch} tiles per batch"
-                elif max(plan.core) > net.step:
-                    smaller = max(net.step, max(plan.core) // 2) + tile_overhead(net)
-                    plan = plan_tiles(net, shape, smaller)
-                    message = f"out of GPU memory: retrying with tiles of {plan.tile}"
-                else:
-                    dev = torch.device("cpu")
-                    net = on_device(model, dev)
-                    message = "out of GPU memory even for the smallest tile: continuing on the CPU"
-                logger.warning(message)
+
+    def read(p: int, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        rows, cols = reflect_indices(rows, shape[0]), reflect_indices(cols, shape[1])
+        return read_tile(arr, planes[p], rows, cols, channels)
+
+    def write(p: int, rows: slice, cols: slice, prob: np.ndarray) -> None:
+        out[(*planes[p], slice(None), rows, cols)] = prob
+
+    tile = tile_size if tile_size is not None else auto_tile_size(predictor, dev)
+    yield from run_tiles(
+        predictor, shape, len(planes), read, write, tile_size=tile, batch_size=batch_size
+    )
     return out
 
 
 def predict_tiled(
-    model: UNet,
+    model: UNet | Predictor,
     image: Any,
     *,
     tile_size: int | Sequence[int] | None = None,
