@@ -156,6 +156,21 @@ def test_weightmap(tmp_path, disks, capsys):
     np.testing.assert_allclose(tifffile.imread(out), unet_weight_map(separated), rtol=1e-6)
 
 
+def test_weightmap_of_a_stack_is_the_training_map(tmp_path, disks, capsys):
+    stack = np.stack([disks, np.zeros_like(disks), disks[::-1]])
+    tifffile.imwrite(tmp_path / "labels.tif", stack, photometric="minisblack")
+    out = tmp_path / "w.tif"
+    argv = ["weightmap", tmp_path / "labels.tif", out, "--weighting", "unet"]
+    code, err = run(argv, capsys)
+    assert code == 0, err
+    written = tifffile.imread(out)
+    assert written.shape == stack.shape
+    for plane in (0, 2):  # every plane with cells: what training uses for it
+        sample = prepare_sample(stack[plane].astype(np.float32), stack[plane], weighting="unet")
+        np.testing.assert_allclose(written[plane], sample.weights, rtol=1e-6)
+    np.testing.assert_allclose(written[1], 1.0)  # no cell: all background
+
+
 def test_train_then_predict_round_trip(tmp_path, disks, capsys):
     from napari_unet.core.checkpoint import load_model
 

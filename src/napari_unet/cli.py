@@ -227,7 +227,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 def _cmd_weightmap(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from napari_unet.core.dataset import training_weights
+    from napari_unet.core.annotations import Annotation
     from napari_unet.core.io import PlaneWriter, check_output_path, open_image, read_array
     from napari_unet.core.training import TrainConfig
 
@@ -246,8 +246,9 @@ def _cmd_weightmap(args: argparse.Namespace) -> int:
     ):
         for index in np.ndindex(*lead):
             plane = read_array(labels, index, args.labels)
-            _, weights = training_weights(plane, weighting=weighting, w0=w0, sigma=sigma)
-            out.write(weights)
+            # every plane counts as fully annotated: the map training uses for it
+            targets = Annotation(plane).targets(None, weighting=weighting, w0=w0, sigma=sigma)
+            out.write(targets.weights)
             bar.update()
     print(f"napari-unet: weight map -> {args.output}", file=sys.stderr)
     return 0
@@ -261,8 +262,7 @@ def _read_pairs(
     args: argparse.Namespace, images: list[str], labels: list[str]
 ) -> tuple[list, list]:
     """Read image/label files in order; stacks contribute each plane with cells."""
-
-    from napari_unet.core.annotations import training_crops
+    from napari_unet.core.annotations import Annotation
     from napari_unet.core.io import open_image, read_array
 
     if len(images) != len(labels):
@@ -284,7 +284,7 @@ def _read_pairs(
                 f"{image.shape[-2:]}"
             )
         channels = image.ndim == lab.ndim + 1
-        crops = training_crops(image, lab, channel_axis=-3 if channels else None)
+        crops = Annotation(lab).crops(image, channel_axis=-3 if channels else None)
         if not crops:
             raise ValueError(f"{labels_path} has no labelled cells (all 0)")
         crops_img += [c.image for c in crops]
@@ -411,7 +411,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import tifffile
 
-    from napari_unet.core.annotations import Rectangle, training_crops
+    from napari_unet.core.annotations import Annotation, Rectangle
     from napari_unet.core.checkpoint import save_model, suggested_threshold
     from napari_unet.core.io import check_output_path
     from napari_unet.core.metrics import instance_scores, seg_score
@@ -459,7 +459,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     segment_and_score(model, "zero-shot (bundled model)")
-    crops = training_crops(image, truth, rectangles=[Rectangle(None, 0, image.shape[0], 0, half)])
+    left = Rectangle(None, 0, image.shape[0], 0, half)  # annotated; the right half is unseen
+    crops = Annotation(truth, rectangles=(left,)).crops(image)
     config = TrainConfig(steps=args.steps, minutes=args.minutes)
     jobs = iter_train(
         [c.image for c in crops],

@@ -10,6 +10,7 @@ from napari_unet.core.dataset import (
     prepare_sample,
     rescale_annotation,
     separate_touching,
+    training_weights,
 )
 from napari_unet.core.losses import weighted_cross_entropy
 from napari_unet.core.weightmap import unet_weight_map
@@ -56,6 +57,21 @@ def test_prepare_sample_weights_and_unknown(disks):
     flat = prepare_sample(disks.astype(np.float32), disks, mask, weighting="none")
     assert set(np.unique(flat.weights)) == {0.0, 1.0}
     assert s.image.shape == (1, *disks.shape) and s.image.dtype == np.float32
+
+
+@pytest.mark.parametrize("weighting", ["border", "unet", "balanced", "none"])
+def test_prepare_sample_weights_are_training_weights(disks, weighting):
+    # one path: training's sample weights are the map the widget and the CLI show
+    mask = np.zeros(disks.shape, bool)
+    mask[10:80, 5:60] = True
+    binary = np.zeros(disks.shape, np.uint8)  # one id, two blobs: split into two cells
+    binary[5:20, 5:20] = binary[40:60, 40:60] = 1
+    for labels, region in [(disks, mask), (disks, None), (binary, None)]:
+        s = prepare_sample(disks.astype(np.float32), labels, region, weighting=weighting)
+        instances, weights = training_weights(labels, region, weighting=weighting)
+        np.testing.assert_array_equal(s.weights, weights)
+        np.testing.assert_array_equal(s.labels, instances)
+    assert training_weights(binary)[0].max() == 2
 
 
 @pytest.mark.parametrize(

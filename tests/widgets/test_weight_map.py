@@ -105,6 +105,14 @@ def test_rectangle_region_only(setup, qtbot):
 
     trained = prepare_sample(np.zeros(data.shape, np.float32), two_disks(), inside).weights
     np.testing.assert_allclose(data, trained, rtol=1e-6)  # what training uses, exactly
+    # the widget reads the annotation as training does, and shows the core's targets
+    from napari_unet.core.annotations import Rectangle
+
+    annotation = widget.read_annotation()
+    assert annotation.rectangles == (Rectangle(None, 10, 40, 5, 50),)
+    (crop,) = annotation.crops(np.zeros(data.shape, np.float32))
+    trained_crop = prepare_sample(crop.image, crop.labels, crop.mask).weights
+    np.testing.assert_allclose(data[10:40, 5:50], trained_crop, rtol=1e-6)
 
 
 def test_stack_current_plane_and_annotated_planes(make_napari_viewer, qtbot):
@@ -168,20 +176,20 @@ def test_live_update_on_w0_and_paint(setup, qtbot):
 
 
 def test_stale_worker_is_discarded(setup, qtbot, monkeypatch):
-    from napari_unet._widgets import weight_map
+    from napari_unet.core.annotations import Annotation
 
     _viewer, widget, labels = setup
     labels.data = two_disks((256, 256))
-    slow = weight_map.iter_weight_planes
+    slow = Annotation.iter_targets  # what the widget's worker runs
 
-    def slowed(*args, **kwargs):
+    def slowed(self, *args, **kwargs):
         import time
 
         if kwargs["w0"] == 50.0:
             time.sleep(1.0)  # the first request finishes after the second
-        yield from slow(*args, **kwargs)
+        yield from slow(self, *args, **kwargs)
 
-    monkeypatch.setattr(weight_map, "iter_weight_planes", slowed)
+    monkeypatch.setattr(Annotation, "iter_targets", slowed)
     widget.w0.value = 50.0
     first = widget.compute()
     first_done = []

@@ -1,9 +1,10 @@
 """Weight-map widget: see where the U-Net loss will focus.
 
-Shows :func:`napari_unet.core.weightmap.unet_weight_map` (paper eq. 2) of the
-painted masks as an Image layer ``"<labels> weights"`` over the labels: bright
-ridges in the gaps between touching cells, 0 outside the annotated region
-(marked planes and rectangles, see :mod:`napari_unet._widgets.annotate`).
+Shows the loss weights training uses (paper eq. 2, from
+:meth:`napari_unet.core.annotations.Annotation.targets`) of the painted masks
+as an Image layer ``"<labels> weights"`` over the labels: bright ridges in the
+gaps between touching cells, 0 outside the annotated region (marked planes
+and rectangles, see :mod:`napari_unet._widgets.annotate`).
 
 With "live update" on, the map is recomputed after each paint stroke, plane
 change, annotation change or parameter change, debounced by
@@ -17,8 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -42,7 +42,7 @@ from napari_unet._widgets.annotate import (
     rectangles_from_shapes,
     regions_layer_for,
 )
-from napari_unet.core.annotations import Rectangle, painted_planes, region_mask
+from napari_unet.core.annotations import Annotation, PlaneTargets
 
 if TYPE_CHECKING:
     import napari
@@ -56,51 +56,6 @@ LIVE_DELAY_MS = 300
 WEIGHTS_SUFFIX = " weights"
 SCOPE_PLANE = "current plane"
 SCOPE_ANNOTATED = "all annotated planes"
-
-
-class PlaneWeights(NamedTuple):
-    """One computed plane: index (None for 2D), weights, contrast top, outside flag."""
-
-    plane: int | None
-    weights: np.ndarray
-    top: float
-    outside: bool
-
-
-def iter_weight_planes(
-    labels: Any,
-    planes: Sequence[int | None] | None,
-    *,
-    marked_planes: Sequence[int],
-    rectangles: Sequence[Rectangle],
-    w0: float,
-    sigma: float,
-    class_weights: str | None,
-) -> Iterator[PlaneWeights]:
-    """Yield a :class:`PlaneWeights` for each requested plane of ``labels``.
-
-    ``planes`` None means every painted plane of a stack. ``top`` is
-    ``w0 + the largest class weight``, a natural upper contrast limit;
-    ``outside`` says the plane has no annotated pixel (its weights are 0).
-    """
-    from napari_unet.core.dataset import training_weights
-
-    if planes is None:
-        planes = painted_planes(labels)
-    weighting = "unet" if class_weights == "balanced" else "border"
-    for plane in planes:
-        lab = np.array(labels if plane is None else labels[plane])
-        mask = region_mask(lab.shape, plane, marked_planes, rectangles)
-        # exactly what training uses: touching cells are separated by a gap first
-        lab, weights = training_weights(lab, mask, weighting=weighting, w0=w0, sigma=sigma)
-        known = np.ones(lab.shape, bool) if mask is None else mask
-        fg = (lab != 0) & known
-        bg = (lab == 0) & known
-        # cells carry exactly their class weight; the far background carries its own
-        class_max = max(
-            float(weights[fg].max(initial=0.0)), float(weights[bg].min(initial=0.0)), 1.0
-        )
-        yield PlaneWeights(plane, weights, w0 + class_max, mask is not None and not mask.any())
 
 
 class WeightMapWidget(Container):
@@ -228,39 +183,29 @@ class WeightMapWidget(Container):
                 f"weight maps need 2D or 3D (planes, Y, X) labels, got "
                 f"{labels.ndim}D layer {labels.name!r}"
             )
+        annotation = self.read_annotation(labels)
         self._abort_worker()
         self._timer.stop()
         self._token += 1
         token = self._token
-        info = annotation_info(labels)
-        marked = list(info["planes"])
-        regions = regions_layer_for(self._viewer, labels)
-        rects = rectangles_from_shapes(regions, labels) if regions is not None else []
         plane = current_plane(self._viewer, labels)
         if labels.ndim == 2:
             planes: list[int | None] | None = [None]
         elif self.scope.value == SCOPE_PLANE:
             planes = [plane]
-        elif marked or rects:
-            planes = sorted(set(marked) | {r.plane for r in rects if r.plane is not None})
         else:
-            planes = None  # every painted plane, found in the worker
+            planes = None  # the annotated planes, found in the worker
         self._last_plane = plane
-        params = {
-            "w0": float(self.w0.value),
-            "sigma": float(self.sigma.value),
-            "class_weights": "balanced" if self.class_balance.value else None,
-        }
         self._ensure_layer(labels)
         self._written = set()
         self._outside = set()
+        # the core's training targets: the map shown is the map training uses
         worker = create_worker(
-            iter_weight_planes,
-            labels.data,
+            annotation.iter_targets,
             planes,
-            marked_planes=marked,
-            rectangles=rects,
-            **params,
+            weighting="unet" if self.class_balance.value else "border",
+            w0=float(self.w0.value),
+            sigma=float(self.sigma.value),
         )
         worker.yielded.connect(functools.partial(self._on_yielded, token))
         worker.returned.connect(functools.partial(self._on_returned, token))
@@ -274,6 +219,29 @@ class WeightMapWidget(Container):
         self.status.value = f"Computing weights ({where})…"
         worker.start()
         return worker
+
+    def read_annotation(self, labels: Any = None) -> Annotation:
+        """The annotation of a Labels layer, as training reads it.
+
+        Parameters
+        ----------
+        labels : napari.layers.Labels, optional
+            Default: the chosen layer.
+
+        Returns
+        -------
+        Annotation
+            The layer's data, its marked planes (metadata, see
+            :func:`~napari_unet._widgets._session.annotation_info`) and the
+            rectangles of its ``"<labels> regions"`` Shapes layer.
+        """
+        labels = self.labels_layer.value if labels is None else labels
+        if labels is None:
+            raise ValueError("pick a Labels layer (the painted masks) first")
+        regions = regions_layer_for(self._viewer, labels)
+        rects = rectangles_from_shapes(regions, labels) if regions is not None else []
+        planes = annotation_info(labels)["planes"]
+        return Annotation(labels.data, tuple(planes), tuple(rects))
 
     def schedule(self) -> None:
         """Recompute after :data:`LIVE_DELAY_MS` (restarted by each call)."""
@@ -337,11 +305,11 @@ class WeightMapWidget(Container):
             self._worker.quit()
             self._worker = None
 
-    def _on_yielded(self, token: int, item: PlaneWeights) -> None:
+    def _on_yielded(self, token: int, item: PlaneTargets) -> None:
         if token != self._token or self.weights_layer is None:
             return  # stale result
-        plane, weights, top, outside = item
-        if outside:
+        plane, weights, top = item.plane, item.weights, item.top
+        if item.outside:
             self._outside.add(plane)
         if tuple(self.weights_layer.data.shape[-2:]) != weights.shape:
             return

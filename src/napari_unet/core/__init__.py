@@ -50,6 +50,7 @@ _EXPORTS = {
     "TestTimeAugmentation": "tiling",
     "training_crops": "annotations",
     "Rectangle": "annotations",
+    "Annotation": "annotations",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -69,7 +70,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
-    from napari_unet.core.annotations import Rectangle, training_crops
+    from napari_unet.core.annotations import Annotation, Rectangle, training_crops
     from napari_unet.core.augment import augment_sample, elastic_deform
     from napari_unet.core.checkpoint import (
         ModelFileError,

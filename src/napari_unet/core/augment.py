@@ -80,7 +80,7 @@ def elastic_deform(
     nodes = _node_displacements(int(grid), float(sigma), np.random.default_rng(rng))
     with torch.no_grad():
         cy, cx = _sampling_coordinates(nodes, shape)
-        out: list[np.ndarray | None] = [None] * len(arrays)
+        out: dict[int, np.ndarray] = {}
         if 0 in orders:
             flat = _nearest_flat_index(cy, cx, shape)
             for i, order in enumerate(orders):
@@ -92,7 +92,7 @@ def elastic_deform(
                 warped = _grid_sample([arrays[i] for i in chosen], cy, cx, mode)
                 for i, values in zip(chosen, warped, strict=True):
                     out[i] = _cast(values, arrays[i].dtype)
-    return tuple(out)
+    return tuple(out[i] for i in range(len(arrays)))
 
 
 def augment_sample(

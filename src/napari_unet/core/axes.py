@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["CHANNEL_LETTERS", "MIN_SPATIAL", "arrange", "file_axes"]
+
 #: Axis letters that hold channels: C, and S (tifffile's samples, e.g. RGB).
 CHANNEL_LETTERS = "CS"
 #: A Y or X axis shorter than this is refused unless the axes are given:
@@ -40,9 +42,13 @@ def file_axes(path: str | os.PathLike[str]) -> str | None:
             return None
         names = attrs.get("_ARRAY_DIMENSIONS")
         scales = attrs.get("multiscales")
-        if names is None and scales:
-            names = [a["name"] if isinstance(a, dict) else a for a in scales[0].get("axes", [])]
-        return "".join(str(n)[0] for n in names).upper() if names else None
+        if names is None and isinstance(scales, list) and scales and isinstance(scales[0], dict):
+            listed = scales[0].get("axes", [])
+            if isinstance(listed, list):
+                names = [a["name"] if isinstance(a, dict) else a for a in listed]
+        if not isinstance(names, list | tuple | str) or not names:
+            return None
+        return "".join(str(n)[0] for n in names).upper()
     import tifffile
 
     try:
@@ -54,7 +60,7 @@ def file_axes(path: str | os.PathLike[str]) -> str | None:
     return axes if any(a in CHANNEL_LETTERS for a in named) else None
 
 
-def _take(image: Any, axis: int, index: int) -> Any:
+def _take(image: Any, axis: int, index: int | list[int]) -> Any:
     if isinstance(image, np.ndarray):
         return np.take(image, index, axis=axis)
     import dask.array as da

@@ -24,6 +24,17 @@ from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.preprocess import Normalization
 from napari_unet.core.pretrained import available_names, model_file
 
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ModelFileError",
+    "load_model",
+    "read_model_file",
+    "save_model",
+    "suggested_diameter",
+    "suggested_threshold",
+]
+
 FORMAT = "napari-unet/model"
 FORMAT_VERSION = 1
 
@@ -152,7 +163,7 @@ def load_model(path: str | os.PathLike[str]) -> UNet:
     payload = read_model_file(path)
     try:
         config = UNetConfig(**payload["config"])
-        model = UNet(**config.to_dict())
+        model = UNet.from_config(config)
         model.load_state_dict(payload["state_dict"])
         model.normalization = Normalization.from_dict(payload["normalization"])
     except (TypeError, ValueError, KeyError, RuntimeError) as err:

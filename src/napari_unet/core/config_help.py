@@ -107,5 +107,6 @@ def option_help(
             raise KeyError(f"{cls.__name__}'s docstring does not document {name!r}")
         summary = _first_sentence(docs[name])
     said = str(field_default(cls, name)) if default is None else default
-    extra = [f"{task}: {values[name]}" for task, values in (presets or {}).items() if name in values]
+    presets = presets or {}
+    extra = [f"{task}: {values[name]}" for task, values in presets.items() if name in values]
     return f"{summary} (default: {'; '.join([said, *extra])})"

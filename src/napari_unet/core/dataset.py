@@ -28,6 +28,18 @@ from napari_unet.core.preprocess import Normalization, check_finite
 from napari_unet.core.tiling import reflect_indices
 from napari_unet.core.weightmap import unet_weight_map
 
+__all__ = [
+    "UNKNOWN",
+    "PatchSampler",
+    "Sample",
+    "Weighting",
+    "as_instances",
+    "prepare_sample",
+    "rescale_annotation",
+    "separate_touching",
+    "training_weights",
+]
+
 Weighting = Literal["unet", "border", "balanced", "none"]
 UNKNOWN = -1
 
@@ -104,8 +116,10 @@ def training_weights(
     """The instances and loss weights training uses for one annotated label plane.
 
     The one place that turns an annotation into weights: training
-    (:func:`prepare_sample`), the Weight map widget and ``napari-unet weightmap``
-    call it, so the map a user sees is the map training uses.
+    (:func:`prepare_sample`) calls it, and so does
+    :meth:`napari_unet.core.annotations.Annotation.targets`, which the Weight
+    map widget and ``napari-unet weightmap`` show, so the map a user sees is
+    the map training uses.
 
     Parameters
     ----------
@@ -128,18 +142,8 @@ def training_weights(
     """
     instances = as_instances(labels)
     known = np.ones(instances.shape, bool) if mask is None else np.asarray(mask, bool)
-    return _weights_of(instances, known, weighting, w0, sigma, separate)
-
-
-def _weights_of(
-    instances: np.ndarray,
-    known: np.ndarray,
-    weighting: Weighting,
-    w0: float,
-    sigma: float,
-    separate: bool,
-) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`training_weights` of labels already made instances by :func:`as_instances`."""
+    if known.shape != instances.shape:
+        raise ValueError(f"`mask` shape {known.shape} differs from the labels' {instances.shape}")
     if separate:
         instances = separate_touching(instances)
     instances = np.where(known, instances, 0)
@@ -221,7 +225,11 @@ def prepare_sample(
         raise ValueError("the annotated region is empty: nothing to learn from")
     if not (instances[known] > 0).any():
         raise ValueError("the annotation has no cells (all labels are 0): paint some cells")
-    instances, weights = _weights_of(instances, known, weighting, w0, sigma, separate)
+    # the same function the Weight map widget and `napari-unet weightmap` show
+    # (as_instances is idempotent: the ids stay those checked above)
+    instances, weights = training_weights(
+        instances, known, weighting=weighting, w0=w0, sigma=sigma, separate=separate
+    )
     target = np.where(known, (instances > 0).astype(np.int8), np.int8(UNKNOWN)).astype(np.int8)
     norm = normalization or Normalization()
     return Sample(norm(image), target, weights, instances)
@@ -240,17 +248,18 @@ def rescale_annotation(
     scale : float
         Zoom factor (< 1 shrinks cells, > 1 grows them).
     """
-    image, labels = np.asarray(image), np.asarray(labels)
+    img, lab = np.asarray(image), np.asarray(labels)
+    known = None if mask is None else np.asarray(mask, bool)
     if scale == 1.0:
-        return image, labels, None if mask is None else np.asarray(mask, bool)
-    axis = 0 if image.ndim == 3 else None
-    image = rescale(
-        image.astype(np.float32), scale, order=1, anti_aliasing=scale < 1, channel_axis=axis
+        return img, lab, known
+    axis = 0 if img.ndim == 3 else None
+    img = rescale(
+        img.astype(np.float32), scale, order=1, anti_aliasing=scale < 1, channel_axis=axis
     )
-    labels = rescale(labels, scale, order=0, anti_aliasing=False, preserve_range=True)
-    if mask is not None:
-        mask = rescale(np.asarray(mask, bool), scale, order=0, anti_aliasing=False)
-    return image, labels.astype(np.int64), mask
+    lab = rescale(lab, scale, order=0, anti_aliasing=False, preserve_range=True)
+    if known is not None:
+        known = rescale(known, scale, order=0, anti_aliasing=False)
+    return img, lab.astype(np.int64), known
 
 
 class PatchSampler:
@@ -324,9 +333,11 @@ class PatchSampler:
             k = self.rng.choice(len(self.samples), p=self._p)
             image, target, weights = self._window(self.samples[k], self._known[k])
             if self.augment:
-                image, target, weights = augment_sample(
+                image, target, moved = augment_sample(
                     image, target, weights, rng=self.rng, sigma=self.elastic_sigma
                 )
+                assert moved is not None  # weights in, weights out
+                weights = moved
             xs.append(image)
             ys.append(target[out, out])
             ws.append(np.where(target[out, out] >= 0, weights[out, out], 0))

@@ -7,6 +7,14 @@ import os
 
 import torch
 
+__all__ = [
+    "autocast_dtype",
+    "available_memory",
+    "cpu_has_native_bf16",
+    "is_out_of_memory",
+    "select_device",
+]
+
 logger = logging.getLogger(__name__)
 
 _GIB = 1024**3

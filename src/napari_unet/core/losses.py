@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+__all__ = ["weighted_cross_entropy"]
+
 
 def weighted_cross_entropy(
     logits: torch.Tensor,

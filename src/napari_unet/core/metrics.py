@@ -23,6 +23,8 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+__all__ = ["InstanceScores", "f1_at", "foreground_iou", "instance_scores", "seg_score"]
+
 
 @dataclass(frozen=True)
 class InstanceScores:

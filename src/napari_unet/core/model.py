@@ -24,6 +24,16 @@ from torch import nn
 
 from napari_unet.core.preprocess import Normalization
 
+__all__ = [
+    "Norm",
+    "Padding",
+    "UNet",
+    "UNetConfig",
+    "check_input_size",
+    "output_size",
+    "valid_input_size",
+]
+
 Padding = Literal["valid", "same"]
 Norm = Literal["batch", "instance", "group"] | None
 
@@ -278,12 +288,26 @@ class UNet(nn.Module):
         self.normalization = Normalization()
         self.metadata: dict[str, object] = {}
 
+    @classmethod
+    def from_config(cls, config: UNetConfig) -> UNet:
+        """Build an untrained U-Net with the architecture ``config``."""
+        return cls(
+            in_channels=config.in_channels,
+            n_classes=config.n_classes,
+            depth=config.depth,
+            base_channels=config.base_channels,
+            padding=config.padding,
+            norm=config.norm,
+            dropout=config.dropout,
+        )
+
     def _init_weights(self) -> None:
         # He initialisation, as in the paper: std sqrt(2 / fan_in)
         for module in self.modules():
             if isinstance(module, nn.Conv2d | nn.ConvTranspose2d):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
 
     # -- geometry -----------------------------------------------------------
     @property

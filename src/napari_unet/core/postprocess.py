@@ -16,6 +16,15 @@ from skimage.segmentation import expand_labels, relabel_sequential, watershed
 
 from napari_unet.core.weightmap import two_nearest_distances
 
+__all__ = [
+    "FILL_GAPS",
+    "close_gaps",
+    "foreground_probability",
+    "object_diameter",
+    "probabilities_to_labels",
+    "split_touching",
+]
+
 #: Gap (px per cell) that segmentation gives back between touching cells by
 #: default (:func:`close_gaps`); on held-out corpus images 1 px raised SEG by
 #: 0.001 and 2 px lowered it by 0.008 (docs/benchmarks.md).
@@ -93,6 +102,45 @@ def close_gaps(labels: np.ndarray, width: int = 1) -> np.ndarray:
     return np.where(between, expand_labels(labels, width + 0.5), labels)
 
 
+def split_touching(
+    labels: np.ndarray, min_distance: int = 5, origin: tuple[int, int] = (0, 0)
+) -> np.ndarray:
+    """Split touching cells by a watershed on the distance transform of each object.
+
+    Every object is split at the saddles of its distance to the background,
+    one piece per local maximum at least ``min_distance`` px from the others
+    in it. Equal distances are flooded in the order of their plane
+    coordinates, so an object's pieces depend on its own pixels only, not on
+    the other objects in the array or where the array was cut from a plane.
+
+    Parameters
+    ----------
+    labels : integer ndarray of shape (M, N)
+        Objects (0 = background).
+    min_distance : int
+        Smallest distance (pixels) between two cell centres.
+    origin : (int, int)
+        Plane coordinates of ``labels[0, 0]`` (for a crop of a plane).
+
+    Returns
+    -------
+    ndarray of int32
+        The pieces, numbered from 1.
+    """
+    if not labels.any():
+        return np.zeros(labels.shape, np.int32)
+    dist = ndi.distance_transform_edt(labels > 0)
+    peaks = peak_local_max(dist, min_distance=min_distance, labels=labels, exclude_border=False)
+    markers = np.zeros(labels.shape, dtype=np.int32)
+    markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
+    # flood by rank: no two pixels tie, so the order is the same in any crop
+    rows, cols = np.indices(labels.shape)
+    order = np.lexsort(((cols + origin[1]).ravel(), (rows + origin[0]).ravel(), -dist.ravel()))
+    rank = np.empty(labels.size, np.int64)
+    rank[order] = np.arange(labels.size)
+    return watershed(rank.reshape(labels.shape), markers, mask=labels > 0)
+
+
 def _plane_labels(
     fg: np.ndarray,
     threshold: float,
@@ -106,14 +154,8 @@ def _plane_labels(
     labels, _ = ndi.label(mask)
     if min_size > 1:
         labels[np.bincount(labels.ravel())[labels] < min_size] = 0
-    if split and labels.any():
-        dist = ndi.distance_transform_edt(labels > 0)
-        peaks = peak_local_max(
-            dist, min_distance=min_distance, labels=labels, exclude_border=False
-        )
-        markers = np.zeros(labels.shape, dtype=np.int32)
-        markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1)
-        labels = watershed(-dist, markers, mask=labels > 0)
+    if split:
+        labels = split_touching(labels, min_distance)
     if expand:
         labels = expand_labels(labels, expand)
     labels = close_gaps(labels, gaps)

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
+__all__ = ["Normalization", "check_finite", "normalize"]
+
 
 @dataclass(frozen=True)
 class Normalization:

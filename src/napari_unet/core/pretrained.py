@@ -17,6 +17,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.model import UNet
 
+__all__ = [
+    "DEFAULT_PRETRAINED",
+    "SCRATCH",
+    "available_names",
+    "default_start",
+    "load_pretrained",
+    "model_file",
+    "pretrained_models",
+]
+
 #: Bundled models: name -> (file in ``napari_unet/_models``, one-line description).
 _BUNDLED = {
     "nuclei": (

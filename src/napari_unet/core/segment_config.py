@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.model import UNet
 
+__all__ = ["SegmentConfig"]
+
 
 @dataclass(frozen=True)
 class SegmentConfig:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -32,6 +32,21 @@ from napari_unet.core.postprocess import FILL_GAPS
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.model import UNet
     from napari_unet.core.training import TrainConfig
+
+__all__ = [
+    "MEMBRANES_MAX_BACKGROUND_WIDTH",
+    "MEMBRANES_MAX_IMAGES_WITHOUT_VALIDATION",
+    "MEMBRANES_MIN_FOREGROUND",
+    "PRESETS",
+    "TASKS",
+    "Task",
+    "TaskChoice",
+    "check_task",
+    "detect_task",
+    "model_task",
+    "segment_options",
+    "task_config",
+]
 
 Task = Literal["cells", "membranes"]
 
@@ -140,11 +155,15 @@ def detect_task(
     )
 
 
+def _is_task(value: object) -> TypeGuard[Task]:
+    return isinstance(value, str) and value in TASKS
+
+
 def check_task(task: str) -> Task:
     """Return ``task`` if it is a known task name, else raise a ValueError naming them."""
-    if task not in TASKS:
+    if not _is_task(task):
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    return task  # type: ignore[return-value]
+    return task
 
 
 def task_config(task: str, n_images: int, **overrides: Any) -> TrainConfig:
@@ -182,7 +201,7 @@ def task_config(task: str, n_images: int, **overrides: Any) -> TrainConfig:
 def model_task(model: UNet) -> Task:
     """The task a model was trained for (models from before tasks: ``"cells"``)."""
     task = model.metadata.get("task", "cells")
-    return task if task in TASKS else "cells"
+    return task if _is_task(task) else "cells"
 
 
 def segment_options(model: UNet, *, regions: bool = False) -> dict[str, Any]:

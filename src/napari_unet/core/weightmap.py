@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-__all__ = ["border_weight", "unet_weight_map"]
+__all__ = ["border_weight", "two_nearest_distances", "unet_weight_map"]
 
 # The border term is dropped where it is below this fraction of w0.
 _BORDER_REL_TOL = 1e-6
