@@ -348,3 +348,38 @@ def test_train_refuses_an_unwritable_output_folder(tmp_path, disks, capsys, monk
     argv = ["train", "--image", tmp_path / "img.tif", "--labels", tmp_path / "mask.tif"]
     code, err = run([*argv, "--out", locked / "m.pt"], capsys)
     assert code == 2 and "cannot write to the output folder" in err
+
+
+def test_train_help_states_the_config_defaults():
+    """The train options' help is built from TrainConfig (and the task presets)."""
+    import dataclasses
+
+    from napari_unet.cli import build_parser
+    from napari_unet.core.train_config import PRESETS, TrainConfig
+
+    parser = build_parser()
+    train = next(
+        a
+        for a in parser._subparsers._group_actions[0].choices.values()
+        if a.prog.endswith("train")
+    )
+    helps = {a.dest: a.help for a in train._actions}
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    for name in (
+        "minutes",
+        "steps",
+        "base_channels",
+        "depth",
+        "batch_size",
+        "patch_size",
+        "w0",
+        "sigma",
+        "validate_every",
+        "weighting",
+        "norm",
+    ):
+        stated = helps[name].rsplit("(default: ", 1)[1]
+        assert stated.startswith(str(defaults[name])), (name, helps[name])
+        for task, preset in PRESETS.items():
+            if name in preset:
+                assert f"{task}: {preset[name]}" in stated, (name, helps[name])

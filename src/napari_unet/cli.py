@@ -20,7 +20,14 @@ from typing import Any
 from tqdm import tqdm
 
 import napari_unet
+from napari_unet.core.config_help import option_help
 from napari_unet.core.segment_config import SegmentConfig
+from napari_unet.core.train_config import (
+    FINE_TUNE_LEARNING_RATE,
+    PRESETS,
+    SCRATCH_LEARNING_RATE,
+    TrainConfig,
+)
 
 logger = logging.getLogger("napari_unet")
 
@@ -140,6 +147,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from napari_unet.core.checkpoint import load_model
     from napari_unet.core.io import PlaneWriter, check_output_path
+    from napari_unet.core.large_plane import STREAM_PIXELS, PlaneWritten, iter_write_large
     from napari_unet.core.segment import PlaneDone, iter_segment
     from napari_unet.core.tiling import as_channels_first
 
@@ -156,6 +164,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     config = SegmentConfig.from_options(**vars(args))
     options = config.segment_kwargs(model)
     mask = options["output"] == "mask"
+    large = shape[-1] * shape[-2] > STREAM_PIXELS
+    if large and config.diameter is not None:
+        raise ValueError(
+            f"--diameter is not supported for planes of more than {STREAM_PIXELS} pixels "
+            f"(INPUT planes are {shape[-2]} x {shape[-1]}): rescale the image instead"
+        )
     with ExitStack() as stack:
         labels_out = stack.enter_context(
             PlaneWriter(
@@ -173,23 +187,22 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     overwrite=args.overwrite,
                 )
             )
-        bar = stack.enter_context(_progress(0, "predict", "tile"))
+        bar = stack.enter_context(_progress(0, "predict", "step"))
         stop = stack.enter_context(_StopOnSignal())
-        jobs = iter_segment(
-            model,
-            image,
-            tile_size=args.tile_size,
-            batch_size=args.batch_size,
-            device=args.device,
-            **options,
-        )
+        run = {"tile_size": args.tile_size, "batch_size": args.batch_size, "device": args.device}
+        if large:  # tile by tile: memory bounded by a few tiles, not by the plane
+            del options["diameter"]
+            jobs: Any = iter_write_large(model, image, labels_out, prob_out, **run, **options)
+        else:
+            jobs = iter_segment(model, image, **run, **options)
         cells = 0
         try:
             for event in jobs:
-                if isinstance(event, PlaneDone):
-                    labels_out.write(event.labels)
-                    if prob_out is not None:
-                        prob_out.write(event.probabilities)
+                if isinstance(event, PlaneDone | PlaneWritten):
+                    if isinstance(event, PlaneDone):
+                        labels_out.write(event.labels)
+                        if prob_out is not None:
+                            prob_out.write(event.probabilities)
                     cells += event.n_objects
                     bar.set_postfix(planes=f"{event.plane + 1}/{n_planes}", cells=cells)
                     if stop.requested:
@@ -229,7 +242,7 @@ def _cmd_weightmap(args: argparse.Namespace) -> int:
 
     from napari_unet.core.annotations import Annotation
     from napari_unet.core.io import PlaneWriter, check_output_path, open_image, read_array
-    from napari_unet.core.training import TrainConfig
+    from napari_unet.core.train_config import TrainConfig
 
     defaults = TrainConfig()  # the map training uses with these settings
     weighting = args.weighting or defaults.weighting
@@ -508,6 +521,11 @@ def _add_axes_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _train_help(name: str, summary: str | None = None) -> str:
+    """Help for a training option: what it does and its default, from :class:`TrainConfig`."""
+    return option_help(TrainConfig, name, summary=summary, presets=PRESETS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser of the ``napari-unet`` command."""
     parser = argparse.ArgumentParser(
@@ -600,8 +618,8 @@ def build_parser() -> argparse.ArgumentParser:
         "labels", metavar="LABELS", help="instance labels (.tif or .zarr), 0 = background"
     )
     w.add_argument("output", metavar="OUT", help="weight map (.tif or .zarr), float32")
-    w.add_argument("--w0", type=float, help="border weight (default: training's, 10)")
-    w.add_argument("--sigma", type=float, help="border width in pixels (default: training's, 5)")
+    w.add_argument("--w0", type=float, help=_train_help("w0", "border weight"))
+    w.add_argument("--sigma", type=float, help=_train_help("sigma", "border width (px)"))
     w.add_argument(
         "--weighting",
         choices=["border", "unet", "balanced", "none"],
@@ -641,39 +659,48 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--minutes",
         type=float,
-        help="wall-time budget, final validation included (default: 5; 0 = no limit)",
+        help=_train_help("minutes", "wall-time budget, final validation included; 0 = no limit"),
     )
-    t.add_argument("--steps", type=int, help="most optimisation steps (default: 10000, a cap)")
+    t.add_argument(
+        "--steps", type=int, help=_train_help("steps", "most optimisation steps (a cap)")
+    )
     t.add_argument("--seed", type=int, default=0, help="random seed")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     t.add_argument(
         "--base-channels",
         type=int,
-        help="channels of the first level of a new model (implies --from scratch; default 16)",
+        help=_train_help(
+            "base_channels", "channels of the first level of a new model (implies --from scratch)"
+        ),
     )
     t.add_argument(
-        "--depth", type=int, help="poolings of a new model (implies --from scratch; default 4)"
+        "--depth",
+        type=int,
+        help=_train_help("depth", "poolings of a new model (implies --from scratch)"),
     )
-    t.add_argument("--batch-size", type=int, help="patches per step (default: 2; membranes 1)")
+    t.add_argument("--batch-size", type=int, help=_train_help("batch_size"))
     t.add_argument(
-        "--patch-size", type=int, help="input patch edge in pixels (default: 380; membranes 572)"
+        "--patch-size", type=int, help=_train_help("patch_size", "input patch edge (px)")
     )
     t.add_argument(
         "--lr",
         type=float,
-        help="initial learning rate (Adam; default: 1e-3 from scratch, 1e-4 when "
-        "fine-tuning, see TrainConfig)",
+        help=f"initial learning rate (Adam; default: {SCRATCH_LEARNING_RATE:g} from scratch, "
+        f"{FINE_TUNE_LEARNING_RATE:g} when fine-tuning)",
     )
     t.add_argument(
         "--weighting",
         choices=["border", "unet", "balanced", "none"],
-        help="loss weights: the paper's border term (default for cells), its full weight map "
-        "(class balance + border term), class balance only, or none (default for membranes)",
+        help=_train_help(
+            "weighting",
+            "loss weights: the paper's border term, its full weight map (class balance + "
+            "border term), class balance only, or none",
+        ),
     )
     t.add_argument(
         "--norm",
         choices=["batch", "none"],
-        help="normalization layers of a new model (default: batch; none = the paper's)",
+        help=_train_help("norm", "normalization layers of a new model (none = the paper's)"),
     )
     t.add_argument(
         "--scale-augment",
@@ -687,8 +714,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="no mixed precision (by default bfloat16/float16 autocast on CUDA and on CPUs "
         "with native bfloat16)",
     )
-    t.add_argument("--w0", type=float, help="weight-map border weight (default: 10)")
-    t.add_argument("--sigma", type=float, help="weight-map border width (px; default: 5)")
+    t.add_argument("--w0", type=float, help=_train_help("w0", "weight-map border weight"))
+    t.add_argument(
+        "--sigma", type=float, help=_train_help("sigma", "weight-map border width (px)")
+    )
     t.add_argument(
         "--validation-image",
         action="append",
@@ -696,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="validation image (repeat); default: hold out the far fifth of every --image",
     )
     t.add_argument("--validation-labels", action="append", default=[], help="its labels")
-    t.add_argument("--validate-every", type=int, help="steps between validations (default: 100)")
+    t.add_argument("--validate-every", type=int, help=_train_help("validate_every"))
     t.add_argument(
         "--no-validation",
         action="store_true",

@@ -76,7 +76,7 @@ def test_zarr_scratch_and_output_and_progress(tmp_path):
     n_blocks = 5 * 7
     assert [e.done for e in events] == list(range(1, 3 * n_blocks + 1))
     assert {e.total for e in events} == {3 * n_blocks}
-    assert [e.stage for e in events[:: n_blocks]] == ["components", "objects", "growing"]
+    assert [e.stage for e in events[::n_blocks]] == ["components", "objects", "growing"]
     whole = probabilities_to_labels(mask.astype(np.float32), min_size=16, split=True)
     assert same_partition(out[:], whole) and n == whole.max()
     assert set(root.array_keys()) == {"components", "objects"}

@@ -128,17 +128,16 @@ def test_two_writers_of_one_output_never_garble_it(tmp_path, suffix):
 
 def test_disk_full_removes_the_partial_file(tmp_path, monkeypatch):
     import errno
+    import os
 
-    import tifffile
-
-    def full(self):
+    def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     path = tmp_path / "out.tif"
     writer = PlaneWriter(path, (2, 4, 5), np.uint8)
     writer.write(np.zeros((4, 5)))
     writer.write(np.zeros((4, 5)))
-    monkeypatch.setattr(tifffile.TiffWriter, "close", full)
+    monkeypatch.setattr(os, "fsync", full)  # the data reach the disk when finishing
     with pytest.raises(OSError, match=r"No space left.*partial file was removed"):
         writer.close()
     monkeypatch.undo()
@@ -189,3 +188,88 @@ def test_outputs_are_published_where_hard_links_are_not_supported(tmp_path, monk
         late.close()  # the first result is still never replaced
     assert (np.asarray(open_image(path)[:]) == 1).all()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.partial.tif", "out.tif"]
+
+
+def test_allocate_zeros_numpy_then_temporary_zarr(monkeypatch):
+    import gc
+    from pathlib import Path
+
+    from napari_unet.core import io
+
+    small = io.allocate_zeros((2, 8, 8), np.uint32)
+    assert isinstance(small, np.ndarray) and small.dtype == np.uint32 and not small.any()
+
+    big = io.allocate_zeros((3, 20, 2000), np.uint16, name="masks", limit=1000)
+    assert isinstance(big, zarr.Array) and big.shape == (3, 20, 2000)
+    assert big.dtype == np.uint16 and big.chunks == (1, 20, 1024)  # one plane tile a chunk
+    big[1, 3, 4] = 7
+    assert big[1, 3, 4] == 7 and int(np.asarray(big[:]).sum()) == 7
+    folder = Path(str(big.store.root)).parent
+    assert folder.is_dir()
+    del big
+    gc.collect()
+    assert not folder.exists()  # the temporary folder goes with the array
+
+    monkeypatch.setattr(io, "NUMPY_LIMIT_BYTES", 0)  # the module limit is read at call time
+    assert isinstance(io.allocate_zeros((4, 4), np.uint8), zarr.Array)
+
+
+def test_max_label_numpy_and_plane_by_plane():
+    from napari_unet.core.io import allocate_zeros, max_label
+
+    assert max_label(np.zeros((0, 5), np.uint32)) == 0
+    assert max_label(np.array([[0, 4], [9, 1]], np.uint16)) == 9
+    lazy = allocate_zeros((3, 2, 5, 6), np.uint32, limit=0)
+    assert max_label(lazy) == 0
+    lazy[2, 1, 4, 5] = 12
+    lazy[0, 0, 0, 0] = 3
+    assert max_label(lazy) == 12
+    flat = allocate_zeros((5, 6), np.uint32, limit=0)
+    flat[1, 1] = 5
+    assert max_label(flat) == 5
+
+
+def test_disk_full_while_writing_removes_the_partial_file(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    def full(fd, data, position):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = PlaneWriter(tmp_path / "out.tif", (2, 4, 5), np.uint8)
+    writer.write(np.zeros((4, 5)))
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(OSError, match=r"No space left.*partial file was removed"):
+        writer.write(np.zeros((4, 5)))
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_plane_writer_blocks_in_any_order(tmp_path, suffix):
+    """A plane written block by block (any order, any block size) equals the whole."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2**31, (3, 37, 53), dtype=np.uint32)
+    prob = rng.random((3, 2, 37, 53), dtype=np.float32)
+    with (
+        PlaneWriter(tmp_path / f"l{suffix}", labels.shape, np.uint32) as lw,
+        PlaneWriter(tmp_path / f"p{suffix}", prob.shape, np.float32, plane_ndim=3) as pw,
+    ):
+        with pytest.raises(ValueError, match="block must have shape"):
+            lw.write_block(slice(0, 2), slice(0, 2), np.zeros((3, 3)))
+        for p in range(3):
+            blocks = [
+                (slice(y, y + 16), slice(x, x + 20))
+                for y in range(0, 37, 16)
+                for x in range(0, 53, 20)
+            ]
+            for k in rng.permutation(len(blocks)):
+                rows, cols = blocks[k]
+                lw.write_block(rows, cols, labels[p][rows, cols])
+                pw.write_block(rows, cols, prob[p][:, rows, cols])
+            lw.next_plane()
+            pw.next_plane()
+        with pytest.raises(ValueError, match="already written"):
+            lw.write_block(slice(0, 2), slice(0, 2), np.zeros((2, 2)))
+    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / f"l{suffix}")[:]), labels)
+    np.testing.assert_array_equal(np.asarray(open_image(tmp_path / f"p{suffix}")[:]), prob)

@@ -86,6 +86,7 @@ def test_moving_blobs_keep_their_ids():
     linked = np.stack(list(link_planes(frames)))
     for t in range(15):
         assert set(np.unique(linked[t])) == {0, 1, 2, 3}
+
     def centres(t):
         return [(20, 10 + 3 * t), (60 - t, 110 - 3 * t), (40 + 2 * t, 60)]
 

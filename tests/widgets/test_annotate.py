@@ -60,9 +60,9 @@ def test_new_labels_layer_stack_and_rgb(viewer_widget):
 
 
 def test_new_labels_layer_big_stack_is_lazy(viewer_widget, monkeypatch):
-    from napari_unet._widgets import annotate
+    from napari_unet.core import io
 
-    monkeypatch.setattr(annotate, "NUMPY_LIMIT_BYTES", 1000)
+    monkeypatch.setattr(io, "NUMPY_LIMIT_BYTES", 1000)
     viewer, widget = viewer_widget
     widget.image_layer.value = viewer.add_image(np.zeros((2, 32, 32), np.uint8), name="big")
     layer = widget.new_labels_layer()
@@ -135,7 +135,7 @@ def test_toggle_plane_2d(viewer_widget):
 
 
 def test_rectangles_from_shapes_2d_scaled(viewer_widget):
-    from napari_unet._widgets.annotate import rectangles_from_shapes
+    from napari_unet._widgets._layers import rectangles_from_shapes
 
     viewer, widget = viewer_widget
     widget.image_layer.value = viewer.add_image(
@@ -155,7 +155,7 @@ def test_rectangles_from_shapes_2d_scaled(viewer_widget):
 
 
 def test_rectangles_from_shapes_3d_and_other_grid(make_napari_viewer):
-    from napari_unet._widgets.annotate import rectangles_from_shapes
+    from napari_unet._widgets._layers import rectangles_from_shapes
 
     viewer = make_napari_viewer()
     labels = viewer.add_labels(np.zeros((3, 20, 30), np.uint32), scale=(2, 0.5, 0.5))

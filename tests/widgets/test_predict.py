@@ -6,34 +6,12 @@ import numpy as np
 import pytest
 
 from napari_unet._widgets._session import annotation_info, get_session
-from synthetic import cell_stack
+from synthetic import cell_stack, threshold_unet
 
 TIMEOUT = 120_000
 TILE = 204  # 16 x 16 output pixels per tile for a depth-4 valid U-Net: many tiles
 
 pytestmark = pytest.mark.gui
-
-
-def threshold_unet(base_channels=4):
-    """A U-Net whose weights threshold the normalized image at 0.5 (no training needed).
-
-    Only the top level's center taps and the head are non-zero: the skip
-    connection carries ReLU(x) to the head, which outputs a * (x - 0.5).
-    """
-    import torch
-
-    from napari_unet.core.model import UNet
-
-    net = UNet(base_channels=base_channels, dropout=0.0)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        for block in (net.down[0], net.up[-1]):
-            block[0].weight[0, 0, 1, 1] = 1.0
-            block[3].weight[0, 0, 1, 1] = 1.0
-        net.head.weight[1, 0] = 20.0
-        net.head.bias[1] = -10.0
-    return net.eval()
 
 
 @pytest.fixture
@@ -293,9 +271,9 @@ def test_use_as_annotation(stack_viewer, qtbot):
 
 
 def test_big_stacks_stream_into_zarr(stack_viewer, qtbot, monkeypatch):
-    from napari_unet._widgets import annotate
+    from napari_unet.core import io
 
-    monkeypatch.setattr(annotate, "NUMPY_LIMIT_BYTES", 0)  # every new output goes to zarr
+    monkeypatch.setattr(io, "NUMPY_LIMIT_BYTES", 0)  # every new output goes to zarr
     viewer = stack_viewer
     model = threshold_unet()
     get_session(viewer).set_model(model)
@@ -318,9 +296,7 @@ def test_big_stacks_stream_into_zarr(stack_viewer, qtbot, monkeypatch):
     np.testing.assert_array_equal(plane0 > 0, expected[0] > 0)
 
     # and the prediction can seed a zarr-backed annotation layer
-    annotations = viewer.add_labels(
-        annotate.allocate_zeros((3, 96, 96), np.uint32), name="annotations"
-    )
+    annotations = viewer.add_labels(io.allocate_zeros((3, 96, 96), np.uint32), name="annotations")
     widget.annotation_layer.value = annotations
     viewer.dims.set_current_step(0, 2)
     assert widget.use_as_annotation() > 0

@@ -6,226 +6,72 @@ annotation is complete: whole planes ("Plane is fully annotated", stored in the
 labels' metadata, see :func:`napari_unet._widgets._session.annotation_info`)
 and/or rectangles drawn in a Shapes layer named ``"<labels> regions"``.
 Unpainted pixels inside the annotated region are background; everywhere else
-they are unknown. :func:`rectangles_from_shapes` turns the drawn rectangles
-into :class:`napari_unet.core.annotations.Rectangle` objects (pixel indices).
+they are unknown. :func:`~napari_unet._widgets._layers.rectangles_from_shapes`
+turns the drawn rectangles into :class:`napari_unet.core.annotations.Rectangle`
+objects (pixel indices).
 
-Memory for new Labels layers: up to :data:`NUMPY_LIMIT_BYTES` the labels are a
-numpy array (``np.zeros``, whose untouched pages the OS does not even commit);
-bigger stacks get a zarr array in a temporary folder, chunked one plane tile at
-a time, so only painted chunks use memory or disk. The folder is removed when
-the array is garbage-collected or Python exits: save the layer (File > Save
-Selected Layers) to keep the masks.
+Memory for new Labels layers: :func:`napari_unet.core.io.allocate_zeros` (a
+numpy array up to :data:`~napari_unet.core.io.NUMPY_LIMIT_BYTES`, whose
+untouched pages the OS does not even commit; bigger stacks get a zarr array in a
+temporary folder, chunked one plane tile at a time, so only painted chunks use
+memory or disk). The folder is removed when the array is garbage-collected or
+Python exits: save the layer (File > Save Selected Layers) to keep the masks.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import shutil
-import tempfile
-import weakref
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, Label, PushButton, SpinBox, create_widget
 from qtpy.QtCore import QTimer
 
+from napari_unet._widgets._layers import (
+    MASKS_SUFFIX,
+    REGIONS_SUFFIX,
+    LayerFollower,
+    annotated_image,
+    annotated_rectangles,
+    check_labels_match,
+    current_plane,
+    layer_choices,
+    rectangles_from_shapes,
+    regions_layer_for,
+    regions_layer_name,
+    spatial_shape,
+)
 from napari_unet._widgets._session import annotation_info
-from napari_unet.core.annotations import Rectangle
+from napari_unet.core.io import allocate_zeros, max_label
 
 if TYPE_CHECKING:
     import napari
 
-logger = logging.getLogger(__name__)
+    from napari_unet.core.annotations import Rectangle
 
-#: New Labels layers bigger than this (bytes) are zarr arrays in a temporary folder.
-NUMPY_LIMIT_BYTES = 1 << 30
+# Re-exported for the Weight map widget, which still imports them from here
+# (new code: napari_unet._widgets._layers and napari_unet.core.io).
+_layer_choices = layer_choices
+__all__ = [
+    "MASKS_SUFFIX",
+    "REGIONS_SUFFIX",
+    "AnnotateWidget",
+    "allocate_zeros",
+    "check_labels_match",
+    "current_plane",
+    "rectangles_from_shapes",
+    "regions_layer_for",
+    "spatial_shape",
+]
+
 #: Labels arrays up to this many pixels are scanned whole for their largest id.
 _FULL_SCAN_PIXELS = 1 << 27
 #: Delay (ms) before the status line is recomputed after a change.
 _STATUS_DELAY_MS = 150
-#: Suffix of the Shapes layer holding the annotated rectangles of a Labels layer.
-REGIONS_SUFFIX = " regions"
-#: Suffix of the Labels layer created for an image.
-MASKS_SUFFIX = " masks"
 _LABELS_DTYPE = np.uint32
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def spatial_shape(image: Any) -> tuple[int, ...]:
-    """Shape of the pixel grid of an Image layer (without the RGB(A) axis).
-
-    Parameters
-    ----------
-    image : napari.layers.Image
-        Any image layer (numpy, dask or zarr data; multiscale uses level 0).
-
-    Returns
-    -------
-    shape : tuple of int
-        ``image.ndim`` sizes, e.g. (P, M, N) for a stack or (M, N).
-    """
-    return tuple(int(s) for s in image.level_shapes[0][: image.ndim])
-
-
-def allocate_zeros(shape: tuple[int, ...], dtype: Any, *, name: str = "labels") -> Any:
-    """A writable zero array: numpy up to :data:`NUMPY_LIMIT_BYTES`, else zarr on disk.
-
-    Parameters
-    ----------
-    shape : tuple of int
-        Array shape; the last two axes are the plane (rows, columns).
-    dtype : numpy dtype
-        Element type.
-    name : str
-        Name of the zarr folder (only used for big arrays).
-
-    Returns
-    -------
-    array : numpy.ndarray or zarr.Array
-        Zero-filled. A zarr array lives in a temporary folder that is removed
-        when the array is garbage-collected or the interpreter exits.
-    """
-    dtype = np.dtype(dtype)
-    if math.prod(shape) * dtype.itemsize <= NUMPY_LIMIT_BYTES:
-        return np.zeros(shape, dtype)
-    import zarr
-
-    folder = tempfile.mkdtemp(prefix="napari-unet-")
-    chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
-    array = zarr.open_array(
-        str(Path(folder) / f"{name}.zarr"),
-        mode="w",
-        shape=shape,
-        chunks=chunks,
-        dtype=dtype,
-        fill_value=0,
-    )
-    try:
-        weakref.finalize(array, shutil.rmtree, folder, ignore_errors=True)
-    except TypeError:  # not weak-referenceable: clean up at exit only
-        import atexit
-
-        atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    logger.info("new %s array %s of %s in %s", name, shape, dtype, folder)
-    return array
-
-
-def check_labels_match(labels: Any, image: Any) -> None:
-    """Raise ValueError unless a Labels layer covers an image's pixel grid.
-
-    Parameters
-    ----------
-    labels : napari.layers.Labels
-    image : napari.layers.Image
-
-    Raises
-    ------
-    ValueError
-        If the spatial shapes, scales or translations differ.
-    """
-    shape = spatial_shape(image)
-    if tuple(labels.data.shape) != shape:
-        raise ValueError(
-            f"Labels layer {labels.name!r} has shape {tuple(labels.data.shape)} but image "
-            f"{image.name!r} has pixel shape {shape}: pick matching layers or use "
-            f"'New annotation layer'"
-        )
-    if not (
-        np.allclose(labels.scale, image.scale) and np.allclose(labels.translate, image.translate)
-    ):
-        raise ValueError(
-            f"Labels layer {labels.name!r} (scale {tuple(labels.scale)}, translate "
-            f"{tuple(labels.translate)}) is not aligned with image {image.name!r} (scale "
-            f"{tuple(image.scale)}, translate {tuple(image.translate)})"
-        )
-
-
-def current_plane(viewer: Any, layer: Any) -> int | None:
-    """Index of the plane of ``layer`` shown in ``viewer`` (None for a 2D layer).
-
-    Uses the world position of the dims slider mapped into the layer's data
-    coordinates, so layers with a scale or translation work.
-    """
-    if layer.ndim < 3:
-        return None
-    coords = layer.world_to_data(viewer.dims.point)
-    index = int(np.round(coords[-3]))
-    return int(np.clip(index, 0, layer.data.shape[-3] - 1))
-
-
-def regions_layer_for(viewer: Any, labels: Any) -> Any:
-    """The Shapes layer ``"<labels name> regions"`` in ``viewer``, or None."""
-    from napari.layers import Shapes
-
-    name = f"{labels.name}{REGIONS_SUFFIX}"
-    for layer in viewer.layers:
-        if isinstance(layer, Shapes) and layer.name == name:
-            return layer
-    return None
-
-
-def rectangles_from_shapes(shapes_layer: Any, labels_layer: Any = None) -> list[Rectangle]:
-    """Annotated rectangles of a Shapes layer, in pixel indices of the labels.
-
-    A pixel belongs to a rectangle when its centre lies inside it (upper edges
-    excluded): a rectangle from 10 to 20 (or from 9.5 to 19.5, pixel edges)
-    covers rows ``10:20``. Only shapes of type ``"rectangle"`` count (a rotated
-    one by its bounding box); other shapes are ignored.
-
-    Parameters
-    ----------
-    shapes_layer : napari.layers.Shapes
-        2D, or 3D with the plane coordinate first (one plane per rectangle).
-    labels_layer : napari.layers.Labels, optional
-        The annotated labels. If given, vertices are mapped through world
-        coordinates into its pixel grid (so the two layers may have different
-        scales or translations) and rectangles are clipped to it; rectangles
-        off the labels are dropped. If not, the Shapes layer's data coordinates
-        are taken as pixel indices (true for the layer made by
-        :meth:`AnnotateWidget.add_region_layer`, which copies the labels'
-        scale and translation).
-
-    Returns
-    -------
-    rectangles : list of Rectangle
-        ``plane`` is None for 2D data (or for 2D shapes over a stack).
-    """
-    rectangles = []
-    shape = tuple(labels_layer.data.shape) if labels_layer is not None else None
-    for vertices, kind in zip(shapes_layer.data, shapes_layer.shape_type, strict=True):
-        if kind != "rectangle":
-            continue
-        vertices = np.asarray(vertices, dtype=float)
-        if labels_layer is not None:
-            world = [shapes_layer.data_to_world(v) for v in vertices]
-            if labels_layer.ndim > len(world[0]):
-                continue  # cannot tell which plane a 2D rectangle is on
-            vertices = np.array([labels_layer.world_to_data(w) for w in world], dtype=float)
-        if vertices.shape[1] < 2:
-            continue
-        plane = None
-        if vertices.shape[1] >= 3:
-            plane = int(np.round(vertices[:, -3].mean()))
-        low = np.round(vertices[:, -2:].min(axis=0), 6)
-        high = np.round(vertices[:, -2:].max(axis=0), 6)
-        (y0, x0), (y1, x1) = np.ceil(low).astype(int), np.ceil(high).astype(int)
-        if shape is not None:
-            (rows, cols) = shape[-2:]
-            y0, y1 = max(y0, 0), min(y1, rows)
-            x0, x1 = max(x0, 0), min(x1, cols)
-            if len(shape) >= 3:
-                if plane is None or not 0 <= plane < shape[-3]:
-                    continue
-            else:
-                plane = None
-        if y1 <= y0 or x1 <= x0:
-            continue
-        rectangles.append(Rectangle(plane, int(y0), int(y1), int(x0), int(x1)))
-    return rectangles
 
 
 def _max_painted(atoms: Any) -> int:
@@ -242,22 +88,6 @@ def _max_painted(atoms: Any) -> int:
         if value.size:
             best = max(best, int(value.max()))
     return best
-
-
-def _layer_choices(viewer: Any, kind: str) -> Any:
-    """A magicgui ``choices`` callable listing ``viewer``'s layers of one type."""
-    viewer_ref = weakref.ref(viewer)
-
-    def choices(widget: Any = None) -> list[tuple[str, Any]]:
-        import napari.layers
-
-        viewer = viewer_ref()
-        if viewer is None:
-            return []
-        layer_type = getattr(napari.layers, kind)
-        return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, layer_type)]
-
-    return choices
 
 
 # --------------------------------------------------------------------------- widget
@@ -296,8 +126,17 @@ class AnnotateWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self._viewer = viewer
-        self._hooked_labels: Any = None
-        self._hooked_regions: Any = None
+        self._follower = LayerFollower(
+            viewer,
+            {
+                "paint": self._on_paint,
+                "data": self._schedule_status,
+                "metadata": self._on_metadata,
+                "brush_size": self._on_layer_brush,
+                "name": self._on_layers_changed,
+            },
+            {"data": self._schedule_status},
+        )
         self._painted_max = 0
         self._updating_plane_box = False
         self._syncing_image = False
@@ -305,13 +144,13 @@ class AnnotateWidget(Container):
         self.image_layer = create_widget(
             annotation="napari.layers.Image",
             label="Image",
-            options={"choices": _layer_choices(viewer, "Image")},
+            options={"choices": layer_choices(viewer, "Image")},
         )
         self.new_layer_button = PushButton(text="New annotation layer")
         self.labels_layer = create_widget(
             annotation="napari.layers.Labels",
             label="Masks",
-            options={"choices": _layer_choices(viewer, "Labels")},
+            options={"choices": layer_choices(viewer, "Labels")},
         )
         self.new_cell_button = PushButton(text="New cell")
         self.brush_size = SpinBox(value=10, min=1, max=200, label="Brush size")
@@ -448,7 +287,7 @@ class AnnotateWidget(Container):
         shapes = regions_layer_for(self._viewer, labels)
         if shapes is None:
             shapes = self._viewer.add_shapes(
-                name=f"{labels.name}{REGIONS_SUFFIX}",
+                name=regions_layer_name(labels.name),
                 ndim=labels.ndim,
                 scale=labels.scale,
                 translate=labels.translate,
@@ -457,7 +296,7 @@ class AnnotateWidget(Container):
                 face_color="transparent",
                 edge_width=2,
             )
-        self._hook_regions(shapes)
+        self._follower.refresh()
         self._viewer.layers.selection.active = shapes
         shapes.mode = "add_rectangle"
         self.update_status()
@@ -466,8 +305,7 @@ class AnnotateWidget(Container):
     def rectangles(self) -> list[Rectangle]:
         """Annotated rectangles of the selected labels (pixel indices)."""
         labels = self.labels_layer.value
-        shapes = regions_layer_for(self._viewer, labels) if labels is not None else None
-        return [] if shapes is None else rectangles_from_shapes(shapes, labels)
+        return [] if labels is None else annotated_rectangles(self._viewer, labels)
 
     def update_status(self) -> str:
         """Recompute the status line now and return it."""
@@ -496,6 +334,11 @@ class AnnotateWidget(Container):
         self.status.value = text
         return text
 
+    def close(self) -> None:
+        """Close the widget; it stops following its layers."""
+        self._follower.close()
+        super().close()
+
     # ----------------------------------------------------------------- internals
 
     def _require_labels(self) -> Any:
@@ -507,11 +350,11 @@ class AnnotateWidget(Container):
     def _max_label(self, layer: Any) -> int:
         data = layer.data
         if math.prod(data.shape) <= _FULL_SCAN_PIXELS:
-            scanned = int(np.max(np.asarray(data))) if math.prod(data.shape) else 0
-        else:
+            scanned = max_label(data)
+        else:  # the shown plane, and the ids painted since the layer was picked
             plane = current_plane(self._viewer, layer)
-            scanned = int(np.max(np.asarray(data if plane is None else data[plane])))
-        return max(scanned, self._painted_max if layer is self._hooked_labels else 0)
+            scanned = max_label(data if plane is None else data[plane])
+        return max(scanned, self._painted_max if layer is self._follower.labels else 0)
 
     def _set_plane_annotated(self, layer: Any, plane: int, annotated: bool) -> None:
         info = annotation_info(layer)
@@ -546,36 +389,9 @@ class AnnotateWidget(Container):
             widget.enabled = layer is not None
 
     def _hook_labels(self, layer: Any) -> None:
-        old = self._hooked_labels
-        if old is layer:
-            return
-        if old is not None:
-            for name, slot in self._labels_slots():
-                getattr(old.events, name).disconnect(slot)
-        self._hooked_labels = layer
-        self._painted_max = 0
-        if layer is not None:
-            for name, slot in self._labels_slots():
-                getattr(layer.events, name).connect(slot)
-        self._hook_regions(regions_layer_for(self._viewer, layer) if layer is not None else None)
-
-    def _labels_slots(self) -> list[tuple[str, Any]]:
-        return [
-            ("paint", self._on_paint),
-            ("data", self._schedule_status),
-            ("metadata", self._on_metadata),
-            ("brush_size", self._on_layer_brush),
-            ("name", self._on_layers_changed),
-        ]
-
-    def _hook_regions(self, shapes: Any) -> None:
-        if shapes is self._hooked_regions:
-            return
-        if self._hooked_regions is not None:
-            self._hooked_regions.events.data.disconnect(self._schedule_status)
-        self._hooked_regions = shapes
-        if shapes is not None:
-            shapes.events.data.connect(self._schedule_status)
+        if layer is not self._follower.labels:
+            self._painted_max = 0
+        self._follower.follow(layer)
 
     def _schedule_status(self, event: Any = None) -> None:
         self._status_timer.start()
@@ -610,8 +426,7 @@ class AnnotateWidget(Container):
 
     def _on_layers_changed(self, event: Any = None) -> None:
         self.reset_choices()
-        labels = self.labels_layer.value
-        self._hook_regions(regions_layer_for(self._viewer, labels) if labels is not None else None)
+        self._follower.refresh()  # e.g. the labels were renamed: so were their regions
         self._schedule_status()
 
     def _on_image_changed(self, image: Any) -> None:
@@ -619,8 +434,7 @@ class AnnotateWidget(Container):
             self._activate_labels(self.labels_layer.value)
 
     def _on_labels_changed(self, layer: Any) -> None:
-        image_name = annotation_info(layer).get("image") if layer is not None else None
-        image = self._viewer.layers[image_name] if image_name in self._viewer.layers else None
+        image = annotated_image(self._viewer, layer)
         if image is not None and image in list(self.image_layer.choices):
             self._syncing_image = True
             try:

@@ -10,7 +10,6 @@ plane into the annotation layer, closing the correct-and-retrain loop.
 
 from __future__ import annotations
 
-import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,17 +18,25 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     PushButton,
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
-from napari_unet._widgets._session import METADATA_KEY, annotation_info, get_session
-from napari_unet._widgets._settings import load_settings, save_settings
+from napari_unet._widgets._layers import annotations_of, current_index, field_of_view
+from napari_unet._widgets._model_picker import BUNDLED, CURRENT, FILE, ModelPicker, model_choices
+from napari_unet._widgets._session import annotation_info, get_session
+from napari_unet._widgets._settings import (
+    advanced_section,
+    device_box,
+    load_settings,
+    save_settings,
+)
+from napari_unet._widgets._worker import JobRunner
+from napari_unet.core.io import allocate_zeros, max_label
 from napari_unet.core.pretrained import DEFAULT_PRETRAINED, pretrained_models
 from napari_unet.core.segment_config import SegmentConfig
 
@@ -49,12 +56,7 @@ SCOPES = [
     ("whole stack", "stack"),
 ]
 #: Model choices: (label shown, value); a bundled model's value is its name.
-MODEL_SOURCES = [
-    ("current model (session)", "current"),
-    *((f"{name} (bundled model)", name) for name in pretrained_models()),
-    ("model file", "file"),
-]
-DEVICES = ["auto", "cpu", "cuda", "mps"]
+MODEL_SOURCES = model_choices([CURRENT, BUNDLED, FILE], {CURRENT: "current model (session)"})
 DIAMETER_TOOLTIP = (
     "Typical cell/nucleus diameter in this image. The input is rescaled so that objects "
     "have the size the model was trained on: set it when your cells are much smaller or "
@@ -65,23 +67,7 @@ REFRESH_INTERVAL = 0.2
 
 
 # ---------------------------------------------------------------------------
-# array helpers
-
-
-def max_label(data: Any) -> int:
-    """Largest id in a labels array (numpy, or zarr/dask read plane by plane)."""
-    if isinstance(data, np.ndarray):
-        return int(data.max()) if data.size else 0
-    return max((int(np.asarray(data[i]).max()) for i in np.ndindex(*data.shape[:-2])), default=0)
-
-
-def zeros(shape: tuple[int, ...], dtype: Any, name: str) -> Any:
-    """Zero array for an output layer: numpy, or zarr on disk for very big stacks."""
-    try:
-        from napari_unet._widgets.annotate import allocate_zeros
-    except ImportError:  # pragma: no cover - the annotation widget ships with us
-        return np.zeros(shape, dtype)
-    return allocate_zeros(shape, dtype, name=name)
+# helpers
 
 
 def _intersect(a: slice, b: slice) -> slice:
@@ -111,6 +97,11 @@ class PredictWidget(Container):
         Typical object diameter (px) in the image; 0 predicts at the image's scale.
     scope : ComboBox
         ``"plane"``, ``"view"`` (visible field of view) or ``"stack"``.
+    picker : ModelPicker
+        The model; ``model_source`` and ``model_file`` are its fields.
+    advanced : superqt.QCollapsible
+        The folded section: min size, split, grow, test-time augmentation,
+        tile size, device.
     annotation_layer : magicgui widget
         Labels layer that "Use as annotation" copies predictions into.
     """
@@ -118,23 +109,23 @@ class PredictWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
         self._viewer = viewer
-        self._worker: GeneratorWorker | None = None
-        self._file_model: UNet | None = None
-        self._bundled: dict[str, UNet] = {}
-        self._source_picked = False  # the user chose the model: keep it
         self._job: dict[str, Any] = {}
         self._last_refresh = 0.0
         settings = load_settings()
 
-        self.model_source = ComboBox(
-            choices=MODEL_SOURCES,
+        self.picker = ModelPicker(
+            viewer,
+            order=[CURRENT, BUNDLED, FILE],
+            texts={CURRENT: "current model (session)"},
             value=self._default_source(),
             label="Model",
             tooltip="The model trained in this session, a model bundled with napari-unet "
             "(segments without any annotation), or a model file.\n"
             + "\n".join(f"{name}: {text}" for name, text in pretrained_models().items()),
+            no_current="there is no current model: train one in '3. Train', or pick a "
+            "bundled model or a model file",
         )
-        self.model_file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
+        self.model_source, self.model_file = self.picker.source, self.picker.file
         self.model_info = Label(value="")
         self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
         self.scope = ComboBox(choices=SCOPES, value="plane", label="Predict")
@@ -155,10 +146,7 @@ class PredictWidget(Container):
             label="Tile size",
             tooltip="Largest input tile edge; 0 = automatic (memory)",
         )
-        device = str(settings["device"])
-        self.device = ComboBox(
-            choices=DEVICES, value=device if device in DEVICES else "auto", label="Device"
-        )
+        self.device = device_box(settings["device"])
         self.threshold = FloatSpinBox(
             value=0.5,
             min=0.0,
@@ -221,14 +209,8 @@ class PredictWidget(Container):
                 self.image_layer,
                 self.diameter,
                 self.scope,
-                self.tile_size,
-                self.device,
                 self.threshold,
-                self.min_size,
-                self.split,
-                self.expand,
                 self.regions,
-                self.tta,
                 self.show_probabilities,
                 buttons,
                 self.status,
@@ -239,37 +221,49 @@ class PredictWidget(Container):
             ]
         )
 
+        self._advanced_form, self.advanced = advanced_section(
+            self,
+            [self.min_size, self.split, self.expand, self.tta, self.tile_size, self.device],
+            before=buttons,
+            title="Advanced: cell clean-up, test-time augmentation, tiles, device",
+        )
         for label in (self.model_info, self.status):
             label.native.setWordWrap(True)
-        self.model_source.changed.connect(self._on_model_source_changed)
-        self.model_file.changed.connect(self._on_model_file_changed)
+        self._runner = JobRunner(
+            start_button=self.predict_button,
+            cancel_button=self.cancel_button,
+            status=self.status,
+            what="Prediction",
+            controls=[
+                self.model_source,
+                self.model_file,
+                self.image_layer,
+                self.scope,
+                self.tile_size,
+                self.device,
+                self.tta,
+                self.show_probabilities,
+            ],
+        )
+        self._runner.connect_start(self.start, "Cannot predict")
+        self.picker.changed.connect(self._update_model_info)
         self.image_layer.changed.connect(self._on_image_changed)
-        self.predict_button.changed.connect(self._on_predict_clicked)
-        self.cancel_button.changed.connect(self.cancel)
         self.use_button.changed.connect(self._on_use_clicked)
         get_session(viewer).model_changed.connect(self._on_model_changed)
-        self._show_source()
+        self.picker.refresh()
+        self._update_model_info()
         self._on_image_changed()
 
     # -- public API -------------------------------------------------------
     @property
     def is_running(self) -> bool:
         """True while a prediction worker runs."""
-        return self._worker is not None
+        return self._runner.is_running
 
     @property
     def model(self) -> UNet | None:
-        """The model that "Predict" would use now."""
-        source = self.model_source.value
-        if source == "file":
-            return self._file_model
-        if source == "current":
-            return get_session(self._viewer).model
-        if source not in self._bundled:
-            from napari_unet.core.pretrained import load_pretrained
-
-            self._bundled[source] = load_pretrained(source)
-        return self._bundled[source]
+        """The model that "Predict" would use now (None: none yet, or a bad file)."""
+        return self.picker.model
 
     def output_name(self, kind: str = "prediction") -> str:
         """Name of the output layer (``"prediction"`` or ``"probability"``) of the image."""
@@ -371,33 +365,21 @@ class PredictWidget(Container):
             "cells": 0,
             "mask": options["output"] == "mask",
         }
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_returned)
-        worker.aborted.connect(self._on_aborted)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._set_running(True)
-        self.status.value = f"Predicting {len(planes)} plane(s)…"
-        worker.start()
-        return worker
+        return self._runner.run(
+            worker,
+            message=f"Predicting {len(planes)} plane(s)…",
+            yielded=self._on_progress,
+            returned=self._on_returned,
+            aborted=self._on_aborted,
+        )
 
     def cancel(self) -> None:
         """Stop after the current batch of tiles; finished planes are kept."""
-        if self._worker is not None:
-            self._worker.quit()
-            self.status.value = "Cancelling…"
+        self._runner.cancel()
 
     def current_index(self, layer: Any, n_lead: int) -> Index:
         """Index of the displayed plane in the first ``n_lead`` axes of ``layer``'s data."""
-        if n_lead == 0:
-            return ()
-        position = layer.world_to_data(self._viewer.dims.point)
-        shape = layer.data[0].shape if getattr(layer, "multiscale", False) else layer.data.shape
-        return tuple(
-            int(np.clip(round(float(p)), 0, n - 1))
-            for p, n in zip(position[:n_lead], shape[:n_lead], strict=True)
-        )
+        return current_index(self._viewer, layer, n_lead)
 
     def field_of_view(self, layer: Any | None = None) -> Window:
         """Rows and columns of ``layer``'s planes visible on the canvas (clipped).
@@ -407,31 +389,7 @@ class PredictWidget(Container):
         ValueError
             If the view is 3D or the layer is not in view.
         """
-        layer = layer if layer is not None else self.image_layer.value
-        if self._viewer.dims.ndisplay != 2:
-            raise ValueError("the visible field of view needs the 2D view")
-        camera = self._viewer.scene.camera
-        height, width = self._viewer.canvas.size
-        half = np.array([height, width], float) / (2 * camera.zoom)
-        center = np.array(camera.center[-2:], float)
-        point = np.array(self._viewer.dims.point, float)
-        displayed = list(self._viewer.dims.displayed)[-2:]
-        corners = []
-        for dy in (-1, 1):
-            for dx in (-1, 1):
-                point[displayed] = center + half * (dy, dx)
-                corners.append(np.asarray(layer.world_to_data(point))[-2:])
-        corners = np.array(corners)
-        shape = (layer.data[0] if layer.multiscale else layer.data).shape
-        shape = shape[-3:-1] if layer.rgb else shape[-2:]
-        window = []
-        for axis, n in enumerate(shape):
-            lo = int(np.clip(math.floor(corners[:, axis].min()), 0, n))
-            hi = int(np.clip(math.ceil(corners[:, axis].max()) + 1, 0, n))
-            if hi <= lo:
-                raise ValueError(f"'{layer.name}' is not in view: pan or zoom to it")
-            window.append(slice(lo, hi))
-        return window[0], window[1]
+        return field_of_view(self._viewer, layer if layer is not None else self.image_layer.value)
 
     def use_as_annotation(self) -> int:
         """Copy the predicted cells of the current plane into the annotation layer.
@@ -496,20 +454,9 @@ class PredictWidget(Container):
 
     # -- planning ---------------------------------------------------------
     def _require_model(self) -> UNet:
-        if self.model_source.value == "file":
-            from napari_unet.core.checkpoint import load_model
-
-            if self.model_file.value is None:
-                raise ValueError("choose a model file")
-            if self._file_model is None:
-                self._file_model = load_model(self.model_file.value)
-            return self._file_model
-        model = self.model
-        if model is None:
-            raise ValueError(
-                "there is no current model: train one in '3. Train', or pick a bundled "
-                "model or a model file"
-            )
+        model = self.picker.load()
+        if model is None:  # "scratch" is not offered here
+            raise ValueError("choose a model")
         return model
 
     def _planes_and_region(
@@ -533,10 +480,10 @@ class PredictWidget(Container):
         if name in layers:
             labels = layers[name]
             if tuple(labels.data.shape) != shape:
-                labels.data = zeros(shape, np.uint32, "prediction")
+                labels.data = allocate_zeros(shape, np.uint32, name="prediction")
         else:
             labels = self._viewer.add_labels(
-                zeros(shape, np.uint32, "prediction"),
+                allocate_zeros(shape, np.uint32, name="prediction"),
                 name=name,
                 scale=scale,
                 translate=translate,
@@ -548,10 +495,10 @@ class PredictWidget(Container):
             if pname in layers:
                 prob = layers[pname]
                 if tuple(prob.data.shape) != shape:
-                    prob.data = zeros(shape, np.float32, "probability")
+                    prob.data = allocate_zeros(shape, np.float32, name="probability")
             else:
                 prob = self._viewer.add_image(
-                    zeros(shape, np.float32, "probability"),
+                    allocate_zeros(shape, np.float32, name="probability"),
                     name=pname,
                     colormap="magma",
                     contrast_limits=(0.0, 1.0),
@@ -566,6 +513,7 @@ class PredictWidget(Container):
 
     # -- slots ------------------------------------------------------------
     def _on_progress(self, event: SegmentProgress | PlaneDone) -> None:
+        from napari_unet.core.postprocess import foreground_probability
         from napari_unet.core.segment import PlaneDone
 
         job = self._job
@@ -589,8 +537,8 @@ class PredictWidget(Container):
                     slice(prows.start - r0, prows.stop - r0),
                     slice(pcols.start - c0, pcols.stop - c0),
                 )
-                prob_layer.data[(*event.index, prows, pcols)] = (
-                    1.0 - event.probabilities[(0, *local)]
+                prob_layer.data[(*event.index, prows, pcols)] = foreground_probability(
+                    event.probabilities[(slice(None), *local)]
                 )
             now = time.monotonic()
             if now - self._last_refresh > REFRESH_INTERVAL:
@@ -616,77 +564,29 @@ class PredictWidget(Container):
             f"Cancelled: {job['planes_done']} of {job['n_planes']} plane(s) done and kept."
         )
 
-    def _on_errored(self, err: Exception) -> None:
-        self.status.value = f"Prediction failed: {err}"
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self._set_running(False)
-
-    def _set_running(self, running: bool) -> None:
-        self.predict_button.enabled = not running
-        self.cancel_button.enabled = running
-        for widget in (
-            self.model_source,
-            self.model_file,
-            self.image_layer,
-            self.scope,
-            self.tile_size,
-            self.device,
-            self.tta,
-            self.show_probabilities,
-        ):
-            widget.enabled = not running
-
-    def _on_predict_clicked(self) -> None:
-        try:
-            self.start()
-        except ValueError as err:
-            show_error(f"Cannot predict: {err}")
-
     def _on_use_clicked(self) -> None:
         try:
             self.use_as_annotation()
         except ValueError as err:
+            from napari.utils.notifications import show_error
+
             show_error(f"Cannot use the prediction as annotation: {err}")
-
-    def _on_model_source_changed(self, value: Any = None) -> None:
-        self._source_picked = True
-        self._show_source()
-
-    def _show_source(self) -> None:
-        self.model_file.visible = self.model_source.value == "file"
-        self._update_model_info()
 
     def _default_source(self) -> str:
         """The session's model when there is one, else the bundled nuclei model."""
-        return "current" if get_session(self._viewer).model is not None else DEFAULT_PRETRAINED
-
-    def _on_model_file_changed(self, value: Any = None) -> None:
-        from napari_unet.core.checkpoint import ModelFileError, load_model
-
-        self._file_model = None
-        path = self.model_file.value
-        if path is not None:
-            try:
-                self._file_model = load_model(path)
-            except ModelFileError as err:
-                show_error(f"Cannot load the model: {err}")
-        self._update_model_info()
+        return CURRENT if get_session(self._viewer).model is not None else DEFAULT_PRETRAINED
 
     def _on_model_changed(self, model: Any = None) -> None:
-        if not self._source_picked:
-            with self.model_source.changed.blocked():
-                self.model_source.value = self._default_source()
-        self._show_source()
+        # the picker reports the change (model info); the default follows the session
+        self.picker.follow(self._default_source())  # unless the user chose a model
 
     def _update_model_info(self) -> None:
         model = self.model
-        source = self.model_source.value
+        source = self.picker.value
         if model is None:
             self.model_info.value = (
                 "No model yet: train one in '3. Train'."
-                if source == "current"
+                if source == CURRENT
                 else "Choose a napari-unet model file."
             )
             self.diameter.tooltip = DIAMETER_TOOLTIP
@@ -720,11 +620,6 @@ class PredictWidget(Container):
         image = self.image_layer.value
         if image is None:
             return
-        from napari.layers import Labels
-
-        for layer in self._viewer.layers:
-            info = layer.metadata.get(METADATA_KEY) if isinstance(layer, Labels) else None
-            if isinstance(info, dict) and info.get("image") == image.name:
-                if layer in self.annotation_layer.choices:
-                    self.annotation_layer.value = layer
-                break
+        layer = annotations_of(self._viewer, image)
+        if layer is not None and layer in self.annotation_layer.choices:
+            self.annotation_layer.value = layer

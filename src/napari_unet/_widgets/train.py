@@ -6,11 +6,18 @@ the form, and runs :func:`~napari_unet.core.iter_train` in a napari worker.
 It plots the loss and validation scores as they arrive, stops cooperatively
 (the core returns the best model so far) and hands the trained model to the
 viewer's session, where the Predict widget picks it up.
+
+The fields start at the :class:`~napari_unet.core.train_config.TrainConfig`
+defaults (the budget, model size and weight-map settings at the last values
+used, :mod:`napari_unet._widgets._settings`); the task's preset sets the
+advanced ones, folded away under "Advanced". The shared pieces: the model
+picker (:mod:`~napari_unet._widgets._model_picker`), the worker lifecycle
+(:mod:`~napari_unet._widgets._worker`) and the layer follower
+(:mod:`~napari_unet._widgets._layers`).
 """
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,17 +26,31 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     Label,
     PushButton,
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_info
 
+from napari_unet._widgets._layers import (
+    LayerFollower,
+    annotated_image,
+    annotated_rectangles,
+    regions_layer_for,
+    spatial_shape,
+)
+from napari_unet._widgets._model_picker import BUNDLED, CURRENT, FILE, ModelPicker, model_choices
 from napari_unet._widgets._session import METADATA_KEY, get_session
-from napari_unet._widgets._settings import autosave_path, load_settings, save_settings
+from napari_unet._widgets._settings import (
+    advanced_section,
+    autosave_path,
+    device_box,
+    load_settings,
+    save_settings,
+)
+from napari_unet._widgets._worker import JobRunner
 from napari_unet.core.pretrained import SCRATCH, default_start, pretrained_models
 from napari_unet.core.tasks import TASKS, detect_task
 
@@ -37,20 +58,14 @@ if TYPE_CHECKING:
     import napari
     from napari.qt.threading import GeneratorWorker
 
-    from napari_unet.core.annotations import Crop, Rectangle
+    from napari_unet.core.annotations import Crop
     from napari_unet.core.model import UNet
     from napari_unet.core.training import TrainConfig, TrainProgress, TrainResult
 
 #: "Start from" choices: (label shown, value); a bundled model's value is its name.
-START_CHOICES = [
-    *((f"{name} (bundled model)", name) for name in pretrained_models()),
-    ("scratch (new network)", SCRATCH),
-    ("current model", "current"),
-    ("model file", "file"),
-]
+START_CHOICES = model_choices([BUNDLED, SCRATCH, CURRENT, FILE])
 #: "Task" choices: (label shown, task name).
 TASK_CHOICES = [("cells / nuclei", "cells"), ("membranes / regions", "membranes")]
-DEVICES = ["auto", "cpu", "cuda", "mps"]
 BASE_CHANNELS = [8, 16, 32, 64]
 
 
@@ -70,16 +85,6 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes} min {secs:02d} s"
     return f"{secs} s"
-
-
-def auto_validate_every(steps: int) -> int:
-    """Steps between validations: about 20 per run, every 5 to 100 steps (and the last)."""
-    return int(np.clip(steps // 20, 5, 100))
-
-
-def regions_layer_name(labels_name: str) -> str:
-    """Name of the Shapes layer holding the annotated rectangles of a Labels layer."""
-    return f"{labels_name} regions"
 
 
 #: Loss weightings offered (label, TrainConfig.weighting).
@@ -107,12 +112,17 @@ class TrainWidget(Container):
         ``"cells"`` or ``"membranes"`` (:mod:`napari_unet.core.tasks`). Until the
         user picks one, it follows :func:`~napari_unet.core.tasks.detect_task`
         of the annotations; choosing one sets the fields of its preset.
+    picker : ModelPicker
+        The starting model; ``start_from`` and ``model_file`` are its fields.
     start_from : ComboBox
         A bundled model's name (e.g. ``"nuclei"``), ``"scratch"``, ``"current"``
         (the session's model) or ``"file"``. Until the user picks one, it follows
         :func:`~napari_unet.core.pretrained.default_start` of the annotations.
     minutes, steps : FloatSpinBox, SpinBox
         Budget: wall time (0 = no time limit) and the most optimisation steps.
+    advanced : superqt.QCollapsible
+        The folded section: model size, loss weights (w0, sigma), patch and
+        batch size, learning rate, scale augmentation, validation.
     plot : TrainingPlot
         Live loss / validation plot.
     progress_bar : napari.utils.progress or None
@@ -123,14 +133,11 @@ class TrainWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from napari_unet.core.training import MULTI_SCALE, TrainConfig
+
         super().__init__()
         self._viewer = viewer
-        self._worker: GeneratorWorker | None = None
-        self._stop_event = threading.Event()
         self._job_layers: list[str] = []
-        self._hooked_labels: Any = None
-        self._hooked_regions: Any = None
-        self._start_picked = False  # the user chose "Start from": keep it
         self._task_picked = False  # the user chose "Task": keep it
         self._n_examples = 1
         self._channels = 1  # of the annotated image, as last seen
@@ -138,6 +145,7 @@ class TrainWidget(Container):
         self._job_start: str | None = None
         self.last_result: TrainResult | None = None
         settings = load_settings()
+        config = TrainConfig()  # the defaults of the fields no setting remembers
 
         self.labels_layer = create_widget(annotation="napari.layers.Labels", label="Annotations")
         self.image_layer = create_widget(annotation="napari.layers.Image", label="Image")
@@ -145,21 +153,24 @@ class TrainWidget(Container):
         self.data_info = Label(value="", label="Training data")
         self.task = ComboBox(
             choices=TASK_CHOICES,
-            value="cells",
+            value=config.task,
             label="Task",
             tooltip="\n".join(f"{name}: {text}" for name, text in TASKS.items()),
         )
         self.task_info = Label(value="")
-        self.start_from = ComboBox(
-            choices=START_CHOICES,
+        self.picker = ModelPicker(
+            viewer,
+            order=[BUNDLED, SCRATCH, CURRENT, FILE],
             value=SCRATCH,
             label="Start from",
             tooltip="Fine-tune a bundled model (the default for instance labels: "
             "few annotations go a long way), train a new network (the default for "
             "binary masks), or continue from the current model or a model file.\n"
             + "\n".join(f"{name}: {text}" for name, text in pretrained_models().items()),
+            no_current="there is no current model: train from scratch or load a file",
+            no_file="choose a model file to start from",
         )
-        self.model_file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
+        self.start_from, self.model_file = self.picker.source, self.picker.file
         self.minutes = FloatSpinBox(
             value=float(settings["minutes"]),
             min=0.0,
@@ -180,17 +191,15 @@ class TrainWidget(Container):
         base = int(settings["base_channels"])
         self.base_channels = ComboBox(
             choices=BASE_CHANNELS,
-            value=base if base in BASE_CHANNELS else 16,
+            value=base if base in BASE_CHANNELS else config.base_channels,
             label="Model size",
-            tooltip="Channels of the first level (the paper uses 64; 16 trains fast on a CPU)",
+            tooltip="Channels of the first level (the paper uses 64; "
+            f"{config.base_channels} trains fast on a CPU)",
         )
-        device = str(settings["device"])
-        self.device = ComboBox(
-            choices=DEVICES, value=device if device in DEVICES else "auto", label="Device"
-        )
+        self.device = device_box(settings["device"])
         self.weighting = ComboBox(
             choices=WEIGHTINGS,
-            value="border",
+            value=config.weighting,
             label="Loss weights",
             tooltip="The paper's border weights (w0, sigma) in the gaps between touching "
             "cells; with the paper's class balance too (helps very short trainings on "
@@ -204,16 +213,16 @@ class TrainWidget(Container):
             value=float(settings["sigma"]), min=0.5, max=50.0, step=0.5, label="sigma (px)"
         )
         self.patch_size = SpinBox(
-            value=380,
+            value=config.patch_size,
             min=64,
             max=2048,
             step=16,
             label="Patch size",
             tooltip="Input patch edge (rounded up to a valid size)",
         )
-        self.batch_size = SpinBox(value=2, min=1, max=64, label="Batch size")
+        self.batch_size = SpinBox(value=config.batch_size, min=1, max=64, label="Batch size")
         self.learning_rate = FloatSpinBox(
-            value=0.0,
+            value=config.learning_rate or 0.0,
             min=0.0,
             max=1.0,
             step=1e-4,
@@ -225,13 +234,13 @@ class TrainWidget(Container):
         self.learning_rate.native.setSpecialValueText("auto")
         self.scale_augment = CheckBox(
             text="Scale augmentation (cells 0.5x-1.4x)",
-            value=False,
+            value=config.scales == MULTI_SCALE,
             tooltip="Also train on the examples zoomed 0.5x to 1.41x: for images to "
             "segment at other magnifications than the annotated ones",
         )
         self.validate = CheckBox(
             text="Validate on a held-out part of each example",
-            value=True,
+            value=config.validation == "auto",
             tooltip="Hold out the far end (a fifth) of every annotated example to score the "
             "model, keep the best one and pick its threshold; the rest trains",
         )
@@ -254,12 +263,19 @@ class TrainWidget(Container):
                 self.data_info,
                 self.task,
                 self.task_info,
-                self.start_from,
-                self.model_file,
+                *self.picker.widgets,
                 self.minutes,
                 self.steps,
-                self.base_channels,
                 self.device,
+                buttons,
+                self.status,
+            ]
+        )
+        # what a microscopist rarely changes: folded away, the task's preset sets it
+        self._advanced_form, self.advanced = advanced_section(
+            self,
+            [
+                self.base_channels,
                 self.weighting,
                 self.w0,
                 self.sigma,
@@ -268,9 +284,9 @@ class TrainWidget(Container):
                 self.learning_rate,
                 self.scale_augment,
                 self.validate,
-                buttons,
-                self.status,
-            ]
+            ],
+            before=buttons,
+            title="Advanced: model size, loss weights, patches, learning rate, validation",
         )
 
         for label in (self.data_info, self.task_info, self.status):
@@ -280,16 +296,40 @@ class TrainWidget(Container):
         self.plot = TrainingPlot(viewer)
         self.native.layout().addWidget(self.plot)
 
+        self._runner = JobRunner(
+            start_button=self.train_button,
+            cancel_button=self.stop_button,
+            status=self.status,
+            what="Training",
+            controls=[
+                self.labels_layer,
+                self.image_layer,
+                self.task,
+                self.start_from,
+                self.steps,
+                self.minutes,
+                self.device,
+            ],
+            on_running=self._on_running,
+            cancel_quits=False,  # the job returns the best model so far
+            cancel_message="Stopping after this step…",
+        )
+        self._runner.connect_start(self.start, "Cannot train")
+        # the summary follows the chosen labels' marked planes and drawn rectangles
+        self._follower = LayerFollower(
+            viewer,
+            {"metadata": [self.update_summary, self._on_labels_metadata]},
+            {"data": self.update_summary},
+        )
         self.labels_layer.changed.connect(self._on_labels_changed)
         viewer.layers.events.inserted.connect(self.update_summary)
         viewer.layers.events.removed.connect(self.update_summary)
         self.task.changed.connect(self._on_task_changed)
-        self.start_from.changed.connect(self._on_start_from_changed)
+        self.picker.changed.connect(self._show_start)
         self.weighting.changed.connect(self._on_weighting_changed)
-        self.train_button.changed.connect(self._on_train_clicked)
-        self.stop_button.changed.connect(self.stop)
         self.save_button.changed.connect(self._on_save_clicked)
         get_session(viewer).model_changed.connect(self._on_model_changed)
+        self.picker.refresh()
         self._show_start()
         self._on_labels_changed()
 
@@ -297,7 +337,7 @@ class TrainWidget(Container):
     @property
     def is_running(self) -> bool:
         """True while a training worker runs."""
-        return self._worker is not None
+        return self._runner.is_running
 
     def start(self) -> GeneratorWorker:
         """Start training with the form's values.
@@ -313,8 +353,6 @@ class TrainWidget(Container):
             If training is running, nothing is annotated, or the starting
             model is missing or does not fit the image.
         """
-        from napari.qt.threading import create_worker
-
         from napari_unet.core.training import iter_train
 
         if self.is_running:
@@ -339,11 +377,18 @@ class TrainWidget(Container):
             sigma=config.sigma,
         )
 
-        self._stop_event.clear()
         self._job_layers = sources
-        self._job_start = self._start_name()
+        self._job_start = self.picker.description()
         self.plot.clear()
-        worker = create_worker(
+        from napari.utils import progress
+
+        # the bar counts the binding budget (time or steps), not the step cap
+        self.progress_bar = progress(total=1000, desc="Training U-Net")
+        held_out = (
+            " (a fifth of each held out for validation)" if config.validation == "auto" else ""
+        )
+        how = f"Fine-tuning {self._job_start}" if self._job_start else "Training a new network"
+        return self._runner.start(
             iter_train,
             [c.image for c in crops],
             [c.labels for c in crops],
@@ -352,34 +397,22 @@ class TrainWidget(Container):
             config=config,
             device=self.device.value,
             checkpoint=autosave_path(),
-            should_stop=self._stop_event.is_set,
+            should_stop=self._runner.stop_event.is_set,
+            message=f"{how} on {len(crops)} example(s){held_out}; the best model so far is "
+            f"autosaved to {autosave_path()}…",
+            yielded=self._on_progress,
+            returned=self._on_trained,
+            finished=self._on_finished,
         )
-        from napari.utils import progress
-
-        # the bar counts the binding budget (time or steps), not the step cap
-        self.progress_bar = progress(total=1000, desc="Training U-Net")
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(self._on_trained)
-        worker.errored.connect(self._on_errored)
-        worker.finished.connect(self._on_finished)
-        self._worker = worker
-        self._set_running(True)
-        held_out = (
-            " (a fifth of each held out for validation)" if config.validation == "auto" else ""
-        )
-        how = f"Fine-tuning {self._job_start}" if self._job_start else "Training a new network"
-        self.status.value = (
-            f"{how} on {len(crops)} example(s){held_out}; the best model so far is "
-            f"autosaved to {autosave_path()}…"
-        )
-        worker.start()
-        return worker
 
     def stop(self) -> None:
         """Stop after the current step; the best model so far is kept."""
-        if self._worker is not None:
-            self._stop_event.set()
-            self.status.value = "Stopping after this step…"
+        self._runner.cancel()
+
+    def close(self) -> None:
+        """Close the widget; it stops following its layers."""
+        self._follower.close()
+        super().close()
 
     def save_model(self, path: str | Path) -> Path:
         """Save the last trained model (or the session's model) to ``path``.
@@ -411,39 +444,26 @@ class TrainWidget(Container):
             raise ValueError("choose an annotation (Labels) layer and its Image layer")
         pairs = [(image, labels)]
         if self.all_layers.value:
-            from napari.layers import Image, Labels
+            from napari.layers import Labels
 
             for layer in self._viewer.layers:
-                info = layer.metadata.get(METADATA_KEY) if isinstance(layer, Labels) else None
-                name = info.get("image") if isinstance(info, dict) else None
-                if layer.name == labels.name or name not in self._viewer.layers:
+                if not isinstance(layer, Labels) or layer.name == labels.name:
                     continue
-                other = self._viewer.layers[name]
-                if isinstance(other, Image):
+                other = annotated_image(self._viewer, layer)
+                if other is not None:
                     pairs.append((other, layer))
         return pairs
 
-    def _rectangles(self, labels: Any) -> list[Rectangle]:
-        """Annotated rectangles from the ``"<labels> regions"`` Shapes layer, if any."""
-        name = regions_layer_name(labels.name)
-        if name not in self._viewer.layers:
-            return []
-        try:
-            from napari_unet._widgets.annotate import rectangles_from_shapes
-        except ImportError:  # pragma: no cover - the annotation widget ships with us
-            return []
-        return list(rectangles_from_shapes(self._viewer.layers[name], labels))
-
     def _collect_crops(self) -> tuple[list[Crop], list[str]]:
         """Training crops of every pair (copied, so painting during training is safe)."""
-        from napari_unet.core.annotations import Crop, training_crops
+        from napari_unet.core.annotations import Annotation, Crop
 
         crops: list[Crop] = []
         sources: list[str] = []
         unmarked: list[str] = []
         for image, labels in self._pairs():
-            spatial = image.data.shape[:-1] if image.rgb else image.data.shape
-            if tuple(spatial) != tuple(labels.data.shape):
+            spatial = spatial_shape(image)
+            if spatial != tuple(labels.data.shape):
                 raise ValueError(
                     f"'{labels.name}' has shape {tuple(labels.data.shape)} but '{image.name}' "
                     f"has shape {tuple(spatial)}; choose the image the labels annotate"
@@ -453,18 +473,14 @@ class TrainWidget(Container):
                     f"'{labels.name}' must be 2D or a stack of planes (3D), got "
                     f"{labels.data.ndim} dimensions"
                 )
-            info = labels.metadata.get(METADATA_KEY) or {}
-            planes = [int(p) for p in info.get("planes", [])]
-            rectangles = self._rectangles(labels)
-            if not planes and not rectangles:
-                unmarked.append(labels.name)
-            found = training_crops(
-                image.data,
+            annotation = Annotation(
                 labels.data,
-                planes=planes,
-                rectangles=rectangles,
-                channel_axis=-1 if image.rgb else None,
+                tuple(self._planes(labels)),
+                tuple(annotated_rectangles(self._viewer, labels)),
             )
+            if not annotation.marked:
+                unmarked.append(labels.name)
+            found = annotation.crops(image.data, channel_axis=-1 if image.rgb else None)
             crops += [
                 Crop(np.array(c.image), np.array(c.labels), np.array(c.mask), c.source)
                 for c in found
@@ -484,37 +500,16 @@ class TrainWidget(Container):
         return crops, sources
 
     def _starting_model(self) -> UNet | None:
-        choice = self.start_from.value
-        if choice in pretrained_models():
-            from napari_unet.core.pretrained import load_pretrained
+        return self.picker.load()
 
-            return load_pretrained(choice)
-        if choice == "current":
-            model = get_session(self._viewer).model
-            if model is None:
-                raise ValueError("there is no current model: train from scratch or load a file")
-            return model
-        if choice == "file":
-            from napari_unet.core.checkpoint import load_model
-
-            if self.model_file.value is None:
-                raise ValueError("choose a model file to start from")
-            return load_model(self.model_file.value)
-        return None
-
-    def _start_name(self) -> str | None:
-        """The chosen start as messages name it ("the bundled nuclei model"); None: scratch."""
-        choice = self.start_from.value
-        if choice == SCRATCH:
-            return None
-        if choice == "current":
-            return "the current model"
-        if choice == "file":
-            return Path(self.model_file.value).name
-        return f"the bundled {choice} model"
+    @staticmethod
+    def _planes(labels: Any) -> list[int]:
+        """The planes marked fully annotated in a Labels layer's metadata."""
+        info = labels.metadata.get(METADATA_KEY)
+        return [int(p) for p in info.get("planes", [])] if isinstance(info, dict) else []
 
     def _config(self) -> TrainConfig:
-        from napari_unet.core.training import MULTI_SCALE, TrainConfig
+        from napari_unet.core.training import MULTI_SCALE, TrainConfig, validation_interval
 
         steps = int(self.steps.value)
         minutes = float(self.minutes.value)
@@ -530,17 +525,11 @@ class TrainWidget(Container):
             sigma=float(self.sigma.value),
             scales=MULTI_SCALE if self.scale_augment.value else (1.0,),
             validation="auto" if self.validate.value else "none",
-            validate_every=auto_validate_every(steps),
+            validate_every=validation_interval(steps),
             base_channels=int(self.base_channels.value),
         )
 
     # -- slots ------------------------------------------------------------
-    def _on_train_clicked(self) -> None:
-        try:
-            self.start()
-        except ValueError as err:  # bad input: tell the user, keep the form
-            show_error(f"Cannot train: {err}")
-
     def _on_save_clicked(self) -> None:
         from qtpy.QtWidgets import QFileDialog
 
@@ -554,18 +543,10 @@ class TrainWidget(Container):
 
     def _on_labels_changed(self, value: Any = None) -> None:
         labels = self.labels_layer.value
-        if self._hooked_labels is not None:
-            self._hooked_labels.events.metadata.disconnect(self.update_summary)
-            self._hooked_labels.events.metadata.disconnect(self._on_labels_metadata)
-        self._hooked_labels = labels
-        if labels is not None:
-            labels.events.metadata.connect(self.update_summary)
-            labels.events.metadata.connect(self._on_labels_metadata)
-            name = (labels.metadata.get(METADATA_KEY) or {}).get("image")
-            if name in self._viewer.layers:
-                image = self._viewer.layers[name]
-                if image in self.image_layer.choices:
-                    self.image_layer.value = image
+        self._follower.follow(labels)  # and no longer the labels chosen before
+        image = annotated_image(self._viewer, labels)
+        if image is not None and image in self.image_layer.choices:
+            self.image_layer.value = image
         self._on_labels_metadata()
         self.update_summary()
 
@@ -574,7 +555,7 @@ class TrainWidget(Container):
         labels, image = self.labels_layer.value, self.image_layer.value
         if labels is None:
             return
-        planes = (labels.metadata.get(METADATA_KEY) or {}).get("planes", [])
+        planes = self._planes(labels)
         data = labels.data
         if planes and data.ndim == 3:
             annotated = [data[p] for p in planes]
@@ -603,10 +584,7 @@ class TrainWidget(Container):
 
     def _follow_start(self) -> None:
         """Start from the task's default model unless the user picked a start by hand."""
-        if not self._start_picked:
-            with self.start_from.changed.blocked():
-                self.start_from.value = default_start(self.task.value, self._channels) or SCRATCH
-            self._show_start()
+        self.picker.follow(default_start(self.task.value, self._channels) or SCRATCH)
 
     def _apply_task_preset(self) -> None:
         """Set the fields that the chosen task's preset decides."""
@@ -630,12 +608,8 @@ class TrainWidget(Container):
         if labels is None:
             text = "Add or choose a Labels layer with annotations."
         else:
-            planes = list((labels.metadata.get(METADATA_KEY) or {}).get("planes", []))
-            regions = regions_layer_name(labels.name)
-            shapes = self._viewer.layers[regions] if regions in self._viewer.layers else None
-            if shapes is not None and shapes is not self._hooked_regions:
-                shapes.events.data.connect(self.update_summary)  # rectangles drawn later
-                self._hooked_regions = shapes
+            planes = self._planes(labels)
+            shapes = regions_layer_for(self._viewer, labels)
             n_regions = len(shapes.data) if shapes is not None else 0
             parts = []
             if planes:
@@ -650,14 +624,9 @@ class TrainWidget(Container):
         self.data_info.value = text
         return text
 
-    def _on_start_from_changed(self, value: Any = None) -> None:
-        self._start_picked = True
-        self._show_start()
-
-    def _show_start(self) -> None:
-        choice = self.start_from.value
-        self.model_file.visible = choice == "file"
-        self.base_channels.enabled = choice == SCRATCH
+    def _show_start(self, value: Any = None) -> None:
+        # a fine-tuned model keeps its architecture
+        self.base_channels.enabled = self.picker.value == SCRATCH
 
     def _on_weighting_changed(self, value: Any = None) -> None:
         self.w0.enabled = self.sigma.enabled = self.weighting.value != "none"
@@ -682,7 +651,7 @@ class TrainWidget(Container):
         if event.best_score is not None:
             parts.append(f"best score {event.best_score:.2f}")
         parts.append(f"ETA {format_duration(event.eta)}")
-        if not self._stop_event.is_set():
+        if not self._runner.stop_event.is_set():
             self.status.value = " · ".join(parts)
 
     def _on_trained(self, result: TrainResult) -> None:
@@ -719,31 +688,14 @@ class TrainWidget(Container):
             "model for '4. Predict'; use 'Save model…' to keep it."
         )
 
-    def _on_errored(self, err: Exception) -> None:
-        self.status.value = f"Training failed: {err}"
-
     def _on_finished(self) -> None:
-        self._worker = None
         if self.progress_bar is not None:
             self.progress_bar.close()
             self.progress_bar = None
-        self._set_running(False)
 
-    def _set_running(self, running: bool) -> None:
-        self.train_button.enabled = not running
-        self.stop_button.enabled = running
+    def _on_running(self, running: bool) -> None:
         self.save_button.enabled = not running and (
             self.last_result is not None or get_session(self._viewer).model is not None
         )
-        for widget in (
-            self.labels_layer,
-            self.image_layer,
-            self.task,
-            self.start_from,
-            self.steps,
-            self.minutes,
-            self.device,
-        ):
-            widget.enabled = not running
         if not running:
             self._show_start()

@@ -337,7 +337,7 @@ class Annotation:
         plane : int or None
             Plane index (None for a 2D image).
         weighting : {"border", "unet", "balanced", "none"}
-            See :class:`~napari_unet.core.training.TrainConfig`.
+            See :class:`~napari_unet.core.train_config.TrainConfig`.
         w0, sigma : float
             Border term height and width (pixels).
         separate : bool

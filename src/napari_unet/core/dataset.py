@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -26,6 +25,7 @@ from skimage.transform import rescale
 from napari_unet.core.augment import augment_sample
 from napari_unet.core.preprocess import Normalization, check_finite
 from napari_unet.core.tiling import reflect_indices
+from napari_unet.core.train_config import Weighting
 from napari_unet.core.weightmap import unet_weight_map
 
 __all__ = [
@@ -40,7 +40,6 @@ __all__ = [
     "training_weights",
 ]
 
-Weighting = Literal["unet", "border", "balanced", "none"]
 UNKNOWN = -1
 
 
@@ -129,7 +128,7 @@ def training_weights(
     mask : bool array of shape (M, N), optional
         Annotated region (None = all); pixels outside get weight 0.
     weighting : {"unet", "border", "balanced", "none"}
-        See :class:`~napari_unet.core.training.TrainConfig`.
+        See :class:`~napari_unet.core.train_config.TrainConfig`.
     w0, sigma : float
         Border term parameters (paper: 10 and 5 px).
     separate : bool

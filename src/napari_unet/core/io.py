@@ -22,6 +22,22 @@ from typing import Any
 import numpy as np
 import tifffile
 
+__all__ = [
+    "BIGTIFF_BYTES",
+    "NUMPY_LIMIT_BYTES",
+    "TIFF_SUFFIXES",
+    "ZARR_SUFFIXES",
+    "ImageReadError",
+    "PlaneWriter",
+    "allocate_zeros",
+    "check_output_path",
+    "max_label",
+    "open_image",
+    "partial_path",
+    "read_array",
+    "unique_path",
+]
+
 TIFF_SUFFIXES = (".tif", ".tiff")
 ZARR_SUFFIXES = (".zarr",)
 #: Above this many bytes a TIFF output is written as BigTIFF.
@@ -123,7 +139,7 @@ def _open_tiff(path: Path) -> Any:
 
         with _quiet_tifffile():
             store = tifffile.imread(path, aszarr=True)
-        array = zarr.open(store, mode="r")
+        array = zarr.open_array(store, mode="r")
         if tuple(array.shape) != tuple(shape) or array.dtype != dtype:
             raise ValueError("zarr view does not match the TIFF series")
         # read one corner now so a truncated or undecodable file fails here
@@ -192,9 +208,12 @@ def unique_path(
 class PlaneWriter:
     """Write an array of shape (P..., *plane_shape) plane by plane, in order.
 
-    TIFF outputs get one contiguous series (BigTIFF when large) that tifffile
-    and napari read back with the full shape; zarr outputs get one chunk per
-    plane (tiled for large planes). The output is written under a unique
+    A plane is written whole (:meth:`write`) or block by block
+    (:meth:`write_block`, then :meth:`next_plane`), so a plane larger than
+    memory can be written. TIFF outputs get one contiguous uncompressed
+    series (BigTIFF when large) that tifffile and napari read back with the
+    full shape, laid out when the writer opens and filled in place; zarr
+    outputs get one chunk per plane (tiled for large planes). The output is written under a unique
     temporary name in the destination folder and moved into place only when
     complete, so ``path`` never holds a half-written result, an existing
     ``path`` (``overwrite=True``) stays untouched until the new one is whole,
@@ -234,6 +253,7 @@ class PlaneWriter:
         self.written = 0
         self.overwrite = overwrite
         self._closed = False
+        self._zarr: Any = None  # the zarr output, or None for TIFF
         zarr_output = _suffix(self.path) in ZARR_SUFFIXES
         self._tmp = unique_path(
             self.path.parent,
@@ -247,32 +267,79 @@ class PlaneWriter:
             chunks = (1,) * (len(self.shape) - plane_ndim) + tuple(
                 min(s, 2048) if i >= plane_ndim - 2 else s for i, s in enumerate(self.plane_shape)
             )
-            self._zarr = zarr.open(
+            self._zarr = zarr.open_array(
                 str(self._tmp), mode="w", shape=self.shape, chunks=chunks, dtype=self.dtype
             )
-            self._tiff = None
+            self._fd = -1
         else:
+            # header and page directories now; the (sparse) data are filled in place
             nbytes = int(np.prod(self.shape)) * self.dtype.itemsize
-            self._tiff = tifffile.TiffWriter(self._tmp, bigtiff=nbytes > BIGTIFF_BYTES)
+            placed = tifffile.imwrite(
+                self._tmp,
+                shape=self.shape,
+                dtype=self.dtype,
+                photometric="minisblack",
+                bigtiff=nbytes > BIGTIFF_BYTES,
+                returnoffset=True,
+            )
+            assert placed is not None  # (data offset, bytes) of a contiguous series
+            self._offset = int(placed[0])
+            self._fd = os.open(self._tmp, os.O_WRONLY)
             self._zarr = None
 
     def write(self, plane: np.ndarray) -> None:
-        """Append the next plane."""
+        """Write the next plane whole."""
         plane = np.asarray(plane, dtype=self.dtype)
         if plane.shape != self.plane_shape:
             raise ValueError(f"plane must have shape {self.plane_shape}, got {plane.shape}")
+        self.write_block(slice(None), slice(None), plane)
+        self.next_plane()
+
+    def write_block(self, rows: slice, cols: slice, block: np.ndarray) -> None:
+        """Write rows x cols of the current plane (all its leading axes, e.g. classes)."""
         if self.written >= self.n_planes:
             raise ValueError(f"all {self.n_planes} planes were already written")
+        height, width = self.plane_shape[-2:]
+        r0, r1, _ = rows.indices(height)
+        c0, c1, _ = cols.indices(width)
+        block = np.asarray(block, dtype=self.dtype)
+        expected = (*self.plane_shape[:-2], r1 - r0, c1 - c0)
+        if block.shape != expected:
+            raise ValueError(f"block must have shape {expected}, got {block.shape}")
+        lead = self.shape[: len(self.shape) - len(self.plane_shape)]
+        index = tuple(int(i) for i in np.unravel_index(self.written, lead))
         if self._zarr is not None:
-            lead = self.shape[: len(self.shape) - len(self.plane_shape)]
-            self._zarr[tuple(int(i) for i in np.unravel_index(self.written, lead))] = plane
-        else:
-            self._tiff.write(
-                plane,
-                contiguous=True,
-                photometric="minisblack",
-                metadata={"shape": self.shape} if self.written == 0 else None,
-            )
+            extra = [slice(None)] * (len(self.plane_shape) - 2)
+            key: tuple[Any, ...] = (*index, *extra, slice(r0, r1), slice(c0, c1))
+            self._zarr[key] = block
+            return
+        plane_start = self.written * int(np.prod(self.plane_shape))
+        rows_of = block.reshape(-1, r1 - r0, c1 - c0)
+        try:
+            for k, part in enumerate(rows_of):
+                start = plane_start + k * height * width + r0 * width
+                if c0 == 0 and c1 == width:  # whole rows: one contiguous run
+                    self._pwrite(part, start)
+                    continue
+                for r, row in enumerate(part):
+                    self._pwrite(row, start + r * width + c0)
+        except OSError as err:
+            self.close(keep=False)
+            raise OSError(
+                f"could not write {self.path} ({err}); the partial file was removed"
+            ) from err
+
+    def _pwrite(self, data: np.ndarray, element: int) -> None:
+        view = np.ascontiguousarray(data).data.cast("B")
+        position = self._offset + element * self.dtype.itemsize
+        while view.nbytes:
+            done = os.pwrite(self._fd, view, position)
+            view, position = view[done:], position + done
+
+    def next_plane(self) -> None:
+        """Mark the current plane written (after its blocks)."""
+        if self.written >= self.n_planes:
+            raise ValueError(f"all {self.n_planes} planes were already written")
         self.written += 1
 
     def close(self, *, keep: bool | None = None) -> Path | None:
@@ -306,15 +373,13 @@ class PlaneWriter:
         complete = self.written == self.n_planes
         keep = complete if keep is None else keep
         try:
-            if self._tiff is not None:
+            if self._fd >= 0:  # planes not written are zeros (sparse) already
+                fd, self._fd = self._fd, -1
                 try:
                     if keep:
-                        zeros = np.zeros(self.plane_shape, self.dtype)
-                        while self.written < self.n_planes:
-                            self.write(zeros)
+                        os.fsync(fd)  # may raise on a full disk
                 finally:
-                    tiff, self._tiff = self._tiff, None
-                    tiff.close()  # may raise on a full disk
+                    os.close(fd)
         except OSError as err:
             _remove(self._tmp)
             raise OSError(
@@ -383,3 +448,99 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
     elif path.exists():
         path.unlink()
+
+
+# --------------------------------------------------------------------------- in-memory outputs
+
+#: :func:`allocate_zeros` gives a numpy array up to this many bytes, a temporary zarr
+#: array above (napari's new Labels layers and prediction outputs of big stacks).
+NUMPY_LIMIT_BYTES = 1 << 30
+
+
+def allocate_zeros(
+    shape: tuple[int, ...], dtype: Any, *, name: str = "labels", limit: int | None = None
+) -> Any:
+    """A writable zero array: numpy up to ``limit`` bytes, else zarr in a temporary folder.
+
+    A numpy array (``np.zeros``) commits memory only for the pages written to;
+    a zarr array is chunked one plane tile (at most 1024 x 1024) at a time, so
+    only written chunks use memory or disk.
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Array shape; the last two axes are the plane (rows, columns).
+    dtype : numpy dtype
+        Element type.
+    name : str
+        Name of the zarr folder (only used for big arrays).
+    limit : int, optional
+        Largest numpy array in bytes; None: :data:`NUMPY_LIMIT_BYTES`.
+
+    Returns
+    -------
+    array : numpy.ndarray or zarr.Array
+        Zero-filled. A zarr array lives in a temporary folder that is removed
+        when the array is garbage-collected or the interpreter exits: save
+        what it holds to keep it.
+
+    Examples
+    --------
+    >>> allocate_zeros((2, 3), np.uint8).tolist()
+    [[0, 0, 0], [0, 0, 0]]
+    >>> type(allocate_zeros((2, 3), np.uint8, limit=0)).__name__
+    'Array'
+    """
+    import math
+    import weakref
+
+    dtype = np.dtype(dtype)
+    limit = NUMPY_LIMIT_BYTES if limit is None else limit
+    if math.prod(shape) * dtype.itemsize <= limit:
+        return np.zeros(shape, dtype)
+    import zarr
+
+    folder = tempfile.mkdtemp(prefix="napari-unet-")
+    chunks = (1,) * (len(shape) - 2) + tuple(min(s, 1024) for s in shape[-2:])
+    array = zarr.open_array(
+        str(Path(folder) / f"{name}.zarr"),
+        mode="w",
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=0,
+    )
+    try:
+        weakref.finalize(array, shutil.rmtree, folder, ignore_errors=True)
+    except TypeError:  # not weak-referenceable: clean up at exit only
+        import atexit
+
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    logging.getLogger(__name__).info("new %s array %s of %s in %s", name, shape, dtype, folder)
+    return array
+
+
+def max_label(data: Any) -> int:
+    """Largest value of a labels array: numpy at once, zarr/dask/memmap plane by plane.
+
+    Parameters
+    ----------
+    data : array-like
+        Labels of shape (..., M, N); an empty array gives 0.
+
+    Returns
+    -------
+    int
+
+    Examples
+    --------
+    >>> max_label(np.array([[0, 3], [7, 1]]))
+    7
+    """
+    if isinstance(data, np.ndarray):
+        return int(data.max()) if data.size else 0
+    if any(s == 0 for s in data.shape):
+        return 0
+    if len(data.shape) < 3:
+        return int(np.asarray(data).max())
+    return max(int(np.asarray(data[i]).max()) for i in np.ndindex(*data.shape[:-2]))

@@ -50,6 +50,19 @@ class Normalization:
         """Normalize ``image``; see :func:`normalize`."""
         return normalize(image, low=self.low, high=self.high)
 
+    def limits(self, image: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        """The values mapped to 0 and 1 in each plane of ``image`` (shape (..., 1, 1)).
+
+        Computed on a subsample of a huge plane, they normalize it tile by
+        tile (:meth:`apply`) as :meth:`__call__` does whole.
+        """
+        return _limits(_as_float(image), self.low, self.high)
+
+    @staticmethod
+    def apply(image: ArrayLike, limits: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Scale ``image`` (any part of a plane) by :meth:`limits` of its plane."""
+        return _scale(_as_float(image), *limits)
+
 
 def check_finite(image: np.ndarray, name: str = "image") -> None:
     """Raise a ValueError if a float ``image`` holds NaN or infinite values."""
@@ -79,6 +92,12 @@ def normalize(image: ArrayLike, *, low: float = 1.0, high: float = 99.8) -> np.n
     (0.0, 1.0)
     """
     Normalization(low, high)  # validates
+    image = _as_float(image)
+    return _scale(image, *_limits(image, low, high))
+
+
+def _as_float(image: ArrayLike) -> np.ndarray:
+    """``image`` as float32, checked: at least 2D, not empty, real and finite."""
     image = np.asarray(image)
     if image.ndim < 2:
         raise ValueError(f"`image` must have at least 2 dimensions, got shape {image.shape}")
@@ -89,7 +108,14 @@ def normalize(image: ArrayLike, *, low: float = 1.0, high: float = 99.8) -> np.n
     if not (np.issubdtype(image.dtype, np.number)) or np.iscomplexobj(image):
         raise ValueError(f"`image` must be a real numeric array, got dtype {image.dtype}")
     check_finite(image)
-    image = image.astype(np.float32, copy=False)
+    return image.astype(np.float32, copy=False)
+
+
+def _limits(image: np.ndarray, low: float, high: float) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = np.percentile(image, [low, high], axis=(-2, -1), keepdims=True)
+    return lo, hi
+
+
+def _scale(image: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     scale = 1.0 / np.maximum(hi - lo, 1e-6)
     return ((image - lo) * scale).astype(np.float32, copy=False)

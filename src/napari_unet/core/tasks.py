@@ -13,7 +13,7 @@ Two kinds of annotation need different training and different output:
   mask, and optionally its connected regions.
 
 :func:`detect_task` chooses one from the labels; :func:`task_config` turns it
-into a :class:`~napari_unet.core.training.TrainConfig`; the model file records
+into a :class:`~napari_unet.core.train_config.TrainConfig`; the model file records
 it (:func:`model_task`) so that prediction knows what to output.
 """
 
@@ -28,10 +28,10 @@ from numpy.typing import ArrayLike
 from scipy import ndimage as ndi
 
 from napari_unet.core.postprocess import FILL_GAPS
+from napari_unet.core.train_config import PRESETS, TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.model import UNet
-    from napari_unet.core.training import TrainConfig
 
 __all__ = [
     "MEMBRANES_MAX_BACKGROUND_WIDTH",
@@ -57,11 +57,6 @@ TASKS: dict[str, str] = {
     "(e.g. EM membranes, 1 = interior); binary mask output",
 }
 
-#: TrainConfig fields each task changes from the TrainConfig defaults.
-PRESETS: dict[str, dict[str, Any]] = {
-    "cells": {},
-    "membranes": {"weighting": "none", "patch_size": 572, "batch_size": 1},
-}
 
 #: With at most this many annotated images, the membranes task trains on all of
 #: them (no validation band): on ISBI, 2 slices with a band scored 0.877 vs 0.895.
@@ -185,8 +180,6 @@ def task_config(task: str, n_images: int, **overrides: Any) -> TrainConfig:
     >>> task_config("membranes", 2, patch_size=380).patch_size
     380
     """
-    from napari_unet.core.training import TrainConfig  # torch: only when a config is built
-
     preset = dict(PRESETS[check_task(task)])
     if task == "membranes" and n_images <= MEMBRANES_MAX_IMAGES_WITHOUT_VALIDATION:
         preset["validation"] = "none"

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ from napari_unet.core.checkpoint import save_model, suggested_threshold
 from napari_unet.core.dataset import (
     PatchSampler,
     Sample,
-    Weighting,
     as_instances,
     prepare_sample,
     rescale_annotation,
@@ -42,162 +41,37 @@ from napari_unet.core.postprocess import (
     probabilities_to_labels,
 )
 from napari_unet.core.tiling import predict_tiled
+from napari_unet.core.train_config import (  # re-exported: the public names of training
+    FINE_TUNE_LEARNING_RATE,
+    MULTI_SCALE,
+    SCRATCH_LEARNING_RATE,
+    TrainConfig,
+    validation_interval,
+)
+
+__all__ = [
+    "CANDIDATE_THRESHOLDS",
+    "FINE_TUNE_LEARNING_RATE",
+    "MULTI_SCALE",
+    "SCRATCH_LEARNING_RATE",
+    "VALIDATION_SHARE",
+    "TrainConfig",
+    "TrainProgress",
+    "TrainResult",
+    "evaluate",
+    "iter_train",
+    "train",
+    "validation_band",
+    "validation_interval",
+]
 
 logger = logging.getLogger(__name__)
-
-#: Zooms for scale augmentation (``TrainConfig(scales=MULTI_SCALE)``): cells from
-#: half to 1.4x their annotated size.
-MULTI_SCALE = (0.5, 0.71, 1.0, 1.41)
 
 #: Share of each annotated image held out for validation (``validation="auto"``).
 VALIDATION_SHARE = 0.2
 
-#: Adam's initial learning rate for a new network and for fine-tuning one
-#: (``TrainConfig(learning_rate=None)``); see docs/benchmarks.md.
-SCRATCH_LEARNING_RATE = 1e-3
-FINE_TUNE_LEARNING_RATE = 1e-4
-
 #: Foreground thresholds tried on validation images when none is given.
 CANDIDATE_THRESHOLDS = tuple(round(0.3 + 0.05 * i, 2) for i in range(11))
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Training settings (primitive fields, stored in the model file).
-
-    Attributes
-    ----------
-    steps : int
-        Most optimisation steps (a cap: the time budget normally ends training).
-    minutes : float, optional
-        Wall-time budget (the default: 5 minutes); training stops when it is
-        spent, final validation included. None: only ``steps`` limits it.
-    batch_size : int
-        Patches per step.
-    patch_size : int
-        Input patch edge (rounded up to a valid size for the network).
-    learning_rate : float, optional
-        Initial learning rate; cosine decay to 5 % over the budget. None
-        (the default) uses :data:`SCRATCH_LEARNING_RATE` for a new network and
-        :data:`FINE_TUNE_LEARNING_RATE` when fine-tuning a given one.
-    optimizer : {"adam", "sgd"}
-        Adam (the default; see docs/benchmarks.md) or the paper's SGD with
-        momentum 0.99.
-    weighting : {"border", "unet", "balanced", "none"}
-        Loss weights: the paper's border term on uniform class weights (the
-        default: it beat the full weight map on both real datasets and no
-        weights on touching nuclei; uniform weights did better on EM membranes,
-        see docs/benchmarks.md), the paper's full weight map (class balance +
-        border term), class balance only, or uniform.
-    w0, sigma : float
-        Weight-map border term (paper: 10, 5 px).
-    dice_weight : float
-        Weight of an extra soft-Dice term (0 = cross-entropy only, as in the paper).
-    mixed_precision : bool
-        Autocast the forward pass to bfloat16 (or float16) on CUDA and on CPUs
-        that compute bfloat16 natively (AVX512-BF16, AMX), where a step takes
-        ~0.6x the float32 time with the same results (docs/benchmarks.md);
-        False trains in float32 everywhere.
-    augment : bool
-        Flips, rotations, elastic deformation (paper: 3x3 grid, 10 px) and intensity.
-    elastic_sigma : float
-        Standard deviation (px) of the elastic grid displacements.
-    scales : tuple of float
-        Zoom factors at which every training image is used; each is drawn
-        equally often. The default, no zoom, is best when the images to
-        segment have the magnification of the annotated ones; use
-        :data:`MULTI_SCALE` when they do not (see docs/benchmarks.md).
-    freeze : {"none", "encoder"}
-        Layers kept fixed when fine-tuning: none, or the contracting path
-        (encoder and bottom, batch-norm statistics included), so only the
-        expanding path and the head adapt.
-    validation : {"auto", "none"}
-        ``"auto"`` (unless validation data is given) holds out a band at the
-        far end of every annotated image, a fifth of its annotated pixels
-        (:func:`validation_band`); the rest trains. It picks the best model
-        and its threshold; holding out whole images instead lost training
-        data that few-shot training needs (docs/benchmarks.md).
-    validate_every : int
-        Steps between validations (and checkpoints).
-    patience : int, optional
-        Stop after this many validations without improvement.
-    seed : int
-        Seed for patch sampling, augmentation and initial weights.
-    base_channels, depth : int
-        Architecture when training from scratch.
-    padding : {"valid", "same"}
-        Padding when training from scratch.
-    norm : {"batch", None}
-        Normalization layers when training from scratch: batch norm (the
-        default; it learned better on both real datasets) or none, as in the
-        paper. Batch norm is pointwise at inference, so tiling stays exact.
-    threshold : float, optional
-        Foreground threshold used to score validation images and stored in
-        the model as its suggested threshold. None picks the best of
-        0.3, 0.35, ..., 0.8 on the validation images (0.5 without validation)
-        for a new network, and keeps the starting model's own threshold when
-        fine-tuning: a threshold re-picked on a few annotated images did not
-        carry over to other images (docs/benchmarks.md).
-    min_size : int
-        Smallest object (pixels) kept when scoring validation images.
-    task : {"cells", "membranes"}
-        What the labels mark (:mod:`napari_unet.core.tasks`): recorded in the
-        model so prediction gives instances or a binary mask. The task's
-        other settings come from :func:`~napari_unet.core.tasks.task_config`.
-    """
-
-    steps: int = 10_000
-    minutes: float | None = 5.0
-    batch_size: int = 2
-    patch_size: int = 380
-    learning_rate: float | None = None
-    optimizer: Literal["adam", "sgd"] = "adam"
-    weighting: Weighting = "border"
-    w0: float = 10.0
-    sigma: float = 5.0
-    dice_weight: float = 0.0
-    mixed_precision: bool = True
-    augment: bool = True
-    elastic_sigma: float = 10.0
-    scales: tuple[float, ...] = (1.0,)
-    freeze: Literal["none", "encoder"] = "none"
-    validation: Literal["auto", "none"] = "auto"
-    validate_every: int = 100
-    patience: int | None = 10
-    seed: int = 0
-    base_channels: int = 16
-    depth: int = 4
-    padding: Literal["valid", "same"] = "valid"
-    norm: Literal["batch"] | None = "batch"
-    threshold: float | None = None
-    min_size: int = 16
-    task: Literal["cells", "membranes"] = "cells"
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "patch_size", "validate_every"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-        if self.minutes is not None and not self.minutes > 0:
-            raise ValueError(f"`minutes` must be > 0, got {self.minutes!r}")
-        if self.learning_rate is not None and not self.learning_rate > 0:
-            raise ValueError(f"`learning_rate` must be > 0, got {self.learning_rate!r}")
-        if self.validation not in ("auto", "none"):
-            raise ValueError(f"`validation` must be 'auto' or 'none', got {self.validation!r}")
-        if not self.scales or not all(0.1 <= z <= 10 for z in self.scales):
-            raise ValueError(f"`scales` must be zoom factors in [0.1, 10], got {self.scales!r}")
-        if self.freeze not in ("none", "encoder"):
-            raise ValueError(f"`freeze` must be 'none' or 'encoder', got {self.freeze!r}")
-        if self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"`optimizer` must be 'adam' or 'sgd', got {self.optimizer!r}")
-        if self.norm not in (None, "batch"):
-            raise ValueError(f"`norm` must be None or 'batch', got {self.norm!r}")
-        if self.threshold is not None and not 0 < self.threshold < 1:
-            raise ValueError(f"`threshold` must be in (0, 1) or None, got {self.threshold!r}")
-        if self.patience is not None and self.patience < 1:
-            raise ValueError(f"`patience` must be >= 1 or None, got {self.patience!r}")
-        if self.task not in ("cells", "membranes"):
-            raise ValueError(f"`task` must be 'cells' or 'membranes', got {self.task!r}")
 
 
 @dataclass(frozen=True)
@@ -302,7 +176,7 @@ def validation_band(
     return train, band
 
 
-def _as_list(items: ArrayLike | Sequence[ArrayLike] | None, n: int, name: str) -> list[Any]:
+def _as_list(items: Sequence[Any] | None, n: int, name: str) -> list[Any]:
     if items is None:
         return [None] * n
     items = list(items)
@@ -509,6 +383,7 @@ def iter_train(
     for module in frozen:
         module.requires_grad_(False)
     params = [p for p in net.parameters() if p.requires_grad]
+    optimizer: torch.optim.Optimizer
     if config.optimizer == "sgd":  # the paper: high momentum, so many past steps count
         optimizer = torch.optim.SGD(params, lr=base_lr, momentum=0.99)
     else:
@@ -549,6 +424,8 @@ def iter_train(
             "task": config.task,
         }
 
+    validated = -1  # the last step validated
+
     def validate(at: int, record: dict[str, Any]) -> tuple[dict[str, float] | None, bool]:
         """Score the network on the validation images; keep (and save) it if it is the best."""
         nonlocal best_step, best_state, best_score, best_threshold, stale, validated
@@ -575,7 +452,6 @@ def iter_train(
                 save_model(checkpoint, net, **metadata())
         return validation, improved
 
-    validated = -1
     if model is not None and val:
         # fine-tuning keeps the starting model unless training beats it on validation
         history.append({"step": 0})

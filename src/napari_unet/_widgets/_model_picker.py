@@ -1,0 +1,249 @@
+"""One model picker for the widgets: a bundled model, the session's, a file, or none.
+
+The Predict widget's "Model" and the Train widget's "Start from" are the same
+choice: a model bundled with napari-unet (:mod:`napari_unet.core.pretrained`),
+the viewer session's current model (:mod:`napari_unet._widgets._session`), a
+model file (chosen in a ``FileEdit``), or, for training, a new network
+(``"scratch"``). :class:`ModelPicker` builds the two fields, loads every
+source through the same safe loader (:func:`~napari_unet.core.checkpoint.load_model`,
+which bundled models use too), caches what it loaded (a file again when it
+changed on disk) and remembers whether the user chose by hand, so that the
+widget's default (the session's model, the task's bundled model) only applies
+until then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from magicgui.widgets import ComboBox, FileEdit
+from psygnal import Signal
+
+from napari_unet._widgets._session import get_session
+from napari_unet.core.pretrained import SCRATCH, pretrained_models
+
+if TYPE_CHECKING:
+    import napari
+
+    from napari_unet.core.model import UNet
+
+#: Model sources other than a bundled model's name.
+CURRENT, FILE = "current", "file"
+#: Stand-in for "every bundled model, in :func:`pretrained_models` order" in an order.
+BUNDLED = "bundled"
+#: How each source is shown (a bundled model: ``"<name> (bundled model)"``).
+TEXTS = {CURRENT: "current model", FILE: "model file", SCRATCH: "scratch (new network)"}
+
+
+def model_choices(
+    order: Sequence[str], texts: Mapping[str, str] | None = None
+) -> list[tuple[str, str]]:
+    """``(text shown, value)`` choices of a model picker, in ``order``.
+
+    Parameters
+    ----------
+    order : sequence of str
+        ``"bundled"`` (all bundled models), ``"scratch"``, ``"current"``, ``"file"``.
+    texts : mapping, optional
+        Texts replacing the defaults of :data:`TEXTS`.
+
+    Examples
+    --------
+    >>> model_choices(["current", "bundled", "file"])
+    [('current model', 'current'), ('nuclei (bundled model)', 'nuclei'), ('model file', 'file')]
+    """
+    shown = {**TEXTS, **(texts or {})}
+    choices: list[tuple[str, str]] = []
+    for source in order:
+        if source == BUNDLED:
+            choices += [(f"{name} (bundled model)", name) for name in pretrained_models()]
+        else:
+            choices.append((shown[source], source))
+    return choices
+
+
+class ModelPicker:
+    """Choose a model: bundled, the session's current one, a file (or scratch).
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        Whose session's model ``"current"`` is.
+    order : sequence of str
+        Sources offered, see :func:`model_choices`.
+    value : str
+        The initial (default) source.
+    label, tooltip : str
+        Of the source combo box.
+    texts : mapping, optional
+        Texts of the sources (see :data:`TEXTS`).
+    no_current, no_file : str
+        Messages of the ValueError that :meth:`load` raises when there is no
+        current model or no file chosen.
+
+    Attributes
+    ----------
+    source : ComboBox
+        The choice (a bundled model's name, ``"current"``, ``"file"``, ``"scratch"``).
+    file : FileEdit
+        The model file; shown only when the source is ``"file"``.
+    picked : bool
+        The user chose the source by hand: :meth:`follow` leaves it alone.
+    changed : Signal
+        Emitted (with the source) when the source, the file or the session's
+        model changed.
+    """
+
+    changed = Signal(object)
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        *,
+        order: Sequence[str],
+        value: str,
+        label: str = "Model",
+        tooltip: str = "",
+        texts: Mapping[str, str] | None = None,
+        no_current: str = "there is no current model",
+        no_file: str = "choose a model file",
+    ) -> None:
+        self._viewer = viewer
+        self._bundled: dict[str, UNet] = {}
+        self._file_model: UNet | None = None
+        self._file_key: tuple[str, int, int] | None = None
+        self.no_current = no_current
+        self.no_file = no_file
+        self.picked = False
+        self.source = ComboBox(
+            choices=model_choices(order, texts), value=value, label=label, tooltip=tooltip
+        )
+        self.file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
+        self.source.changed.connect(self._on_source_changed)
+        self.file.changed.connect(self._on_file_changed)
+        get_session(viewer).model_changed.connect(self._on_session_model)
+
+    # -- public API -------------------------------------------------------
+    @property
+    def widgets(self) -> list[Any]:
+        """The fields to put in a form: the source and the file."""
+        return [self.source, self.file]
+
+    @property
+    def value(self) -> str:
+        """The chosen source."""
+        return str(self.source.value)
+
+    @property
+    def model(self) -> UNet | None:
+        """The chosen model as loaded now, without raising for a missing one.
+
+        None for ``"scratch"``, for ``"current"`` without a session model, and
+        for a file not chosen or that did not load. A file is the one last
+        loaded (:meth:`load` loads it again if it changed on disk since).
+        """
+        source = self.value
+        if source == SCRATCH:
+            return None
+        if source == CURRENT:
+            return get_session(self._viewer).model
+        if source == FILE:
+            return self._file_model
+        return self._load_bundled(source)
+
+    def load(self) -> UNet | None:
+        """The chosen model, loaded (again if its file changed); None for ``"scratch"``.
+
+        Raises
+        ------
+        ValueError
+            No current model or no file chosen (the messages given), or the
+            file is not a usable model (``ModelFileError``, a ValueError).
+        """
+        source = self.value
+        if source == SCRATCH:
+            return None
+        if source == CURRENT:
+            model = get_session(self._viewer).model
+            if model is None:
+                raise ValueError(self.no_current)
+            return model
+        if source == FILE:
+            return self._load_file()
+        return self._load_bundled(source)
+
+    def description(self) -> str | None:
+        """The chosen model as messages name it (``"the bundled nuclei model"``); None: scratch."""
+        source = self.value
+        if source == SCRATCH:
+            return None
+        if source == CURRENT:
+            return "the current model"
+        if source == FILE:
+            return Path(self.file.value).name if self.file.value is not None else "a model file"
+        return f"the bundled {source} model"
+
+    def follow(self, value: str) -> None:
+        """Show ``value`` (a default) unless the user chose a source by hand."""
+        if not self.picked and value != self.value:
+            with self.source.changed.blocked():
+                self.source.value = value
+            self.refresh()
+            self.changed.emit(self.value)
+
+    def refresh(self) -> None:
+        """Show the file field only for the ``"file"`` source."""
+        self.file.visible = self.value == FILE
+
+    # -- internals --------------------------------------------------------
+    def _key(self) -> tuple[str, int, int] | None:
+        path = self.file.value
+        if path is None:
+            return None
+        try:
+            stat = Path(path).stat()
+        except OSError:
+            return (str(path), -1, -1)
+        return (str(path), stat.st_mtime_ns, stat.st_size)
+
+    def _load_file(self) -> UNet:
+        from napari_unet.core.checkpoint import load_model
+
+        if self.file.value is None:
+            raise ValueError(self.no_file)
+        key = self._key()
+        if self._file_model is None or key != self._file_key:
+            self._file_model, self._file_key = None, None
+            self._file_model = load_model(self.file.value)
+            self._file_key = key
+        return self._file_model
+
+    def _load_bundled(self, name: str) -> UNet:
+        if name not in self._bundled:
+            from napari_unet.core.pretrained import load_pretrained
+
+            self._bundled[name] = load_pretrained(name)
+        return self._bundled[name]
+
+    def _on_source_changed(self, value: Any = None) -> None:
+        self.picked = True
+        self.refresh()
+        self.changed.emit(self.value)
+
+    def _on_file_changed(self, value: Any = None) -> None:
+        from napari_unet.core.checkpoint import ModelFileError
+
+        self._file_model, self._file_key = None, None
+        if self.file.value is not None:
+            try:
+                self._load_file()
+            except ModelFileError as err:
+                from napari.utils.notifications import show_error
+
+                show_error(f"Cannot load the model: {err}")
+        self.changed.emit(self.value)
+
+    def _on_session_model(self, model: Any = None) -> None:
+        self.changed.emit(self.value)

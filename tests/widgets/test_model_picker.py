@@ -1,0 +1,148 @@
+"""The shared model picker: bundled, session ("current"), file and scratch sources."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_unet._widgets._session import get_session
+
+pytestmark = pytest.mark.gui
+
+
+class FakeViewer:
+    """Stands for a viewer: the picker only needs its session."""
+
+
+def small_unet(base_channels=4, seed=0):
+    import torch
+
+    from napari_unet.core.model import UNet
+
+    torch.manual_seed(seed)
+    return UNet(base_channels=base_channels).eval()
+
+
+@pytest.fixture
+def make_picker(qtbot):
+    from magicgui.widgets import Container
+
+    from napari_unet._widgets._model_picker import ModelPicker
+
+    def make(**options):
+        viewer = FakeViewer()
+        options = {
+            "order": ["current", "bundled", "scratch", "file"],
+            "value": "scratch",
+        } | options
+        picker = ModelPicker(viewer, no_current="no current model here", **options)
+        form = Container(widgets=picker.widgets)  # a parent, as in the widgets' forms
+        qtbot.addWidget(form.native)
+        picker.refresh()
+        return viewer, picker
+
+    return make
+
+
+def test_choices_follow_the_order_and_texts():
+    from napari_unet._widgets._model_picker import model_choices
+    from napari_unet.core.pretrained import pretrained_models
+
+    bundled = [(f"{name} (bundled model)", name) for name in pretrained_models()]
+    assert model_choices(["bundled", "scratch", "current", "file"]) == [
+        *bundled,
+        ("scratch (new network)", "scratch"),
+        ("current model", "current"),
+        ("model file", "file"),
+    ]
+    assert model_choices(["current", "file"], {"current": "current model (session)"}) == [
+        ("current model (session)", "current"),
+        ("model file", "file"),
+    ]
+
+
+def test_bundled_model_loads_with_the_safe_loader_once(make_picker):
+    from napari_unet.core.pretrained import load_pretrained
+
+    _, picker = make_picker(value="nuclei")
+    model = picker.load()
+    assert model is not None and model.config == load_pretrained("nuclei").config
+    assert picker.model is model and picker.load() is model  # loaded once
+    assert picker.description() == "the bundled nuclei model"
+    assert picker.file.native.isHidden()
+
+
+def test_current_is_the_session_model(make_picker):
+    viewer, picker = make_picker(value="current")
+    changes = []
+    picker.changed.connect(changes.append)
+    assert picker.model is None
+    with pytest.raises(ValueError, match="no current model here"):
+        picker.load()
+    model = small_unet()
+    get_session(viewer).set_model(model)
+    assert changes == ["current"]  # the session's model changed: so did the choice's
+    assert picker.model is model and picker.load() is model
+    assert picker.description() == "the current model"
+
+
+def test_file_source_loads_reports_and_reloads(make_picker, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet.core.checkpoint import ModelFileError, save_model
+
+    _, picker = make_picker()
+    assert picker.load() is None and picker.description() is None  # scratch
+    picker.source.value = "file"
+    assert picker.picked and not picker.file.native.isHidden()
+    with pytest.raises(ValueError, match="choose a model file"):
+        picker.load()
+
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a model")
+    before = len(notification_manager.records)
+    picker.file.value = bad
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("Cannot load the model" in m and "bad.pt" in m for m in messages)
+    assert picker.model is None
+    with pytest.raises(ModelFileError):
+        picker.load()
+
+    path = save_model(tmp_path / "model.pt", small_unet(4))
+    picker.file.value = path
+    first = picker.model
+    assert first is not None and first.config.base_channels == 4
+    assert picker.load() is first and picker.description() == "model.pt"
+    save_model(path, small_unet(8))  # e.g. saved again after training
+    assert picker.model is first  # the one loaded, until the next load
+    second = picker.load()
+    assert second is not first and second.config.base_channels == 8
+    assert picker.model is second
+
+
+def test_defaults_apply_until_the_user_picks(make_picker):
+    _, picker = make_picker(value="scratch")
+    changes = []
+    picker.changed.connect(changes.append)
+    picker.follow("nuclei")
+    assert picker.value == "nuclei" and not picker.picked and changes == ["nuclei"]
+    picker.follow("nuclei")  # no change, no signal
+    assert changes == ["nuclei"]
+    picker.source.value = "current"  # by hand
+    assert picker.picked and changes == ["nuclei", "current"]
+    picker.follow("scratch")
+    assert picker.value == "current"
+
+
+def test_predict_and_train_use_the_picker(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    assert predict.model_source is predict.picker.source
+    assert predict.model_file is predict.picker.file
+    assert train.start_from is train.picker.source and train.model_file is train.picker.file
+    model = small_unet()
+    get_session(viewer).set_model(model)
+    train.start_from.value = "current"
+    assert predict.model is model and train.picker.load() is model
