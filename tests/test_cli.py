@@ -5,6 +5,7 @@ import pytest
 import tifffile
 import torch
 import zarr
+from scipy import ndimage as ndi
 
 from napari_unet.cli import main
 from napari_unet.core.checkpoint import save_model
@@ -383,3 +384,116 @@ def test_train_help_states_the_config_defaults():
         for task, preset in PRESETS.items():
             if name in preset:
                 assert f"{task}: {preset[name]}" in stated, (name, helps[name])
+
+
+@pytest.fixture
+def disk_stack(tmp_path):
+    """A Z-stack of discs that shift by 1 px per plane, as a TIFF, and the threshold U-Net."""
+    from synthetic import image_of, threshold_unet, touching_disks
+
+    base = touching_disks((90, 110), n=9, radius=(7, 11), seed=5)
+    planes = [image_of(np.roll(base, z, axis=1), seed=z) for z in range(5)]
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.stack(planes))
+    return path, save_model(tmp_path / "threshold.pt", threshold_unet())
+
+
+def test_predict_link_z_gives_each_cell_one_id(tmp_path, disk_stack, capsys):
+    stack, model = disk_stack
+    out_plain, out_linked = tmp_path / "plain.tif", tmp_path / "linked.tif"
+    args = ["--device", "cpu", "--min-size", 30]
+    assert run(["predict", model, stack, out_plain, *args], capsys)[0] == 0
+    code, err = run(["predict", model, stack, out_linked, *args, "--link", "z"], capsys)
+    assert code == 0, err
+    plain, linked = tifffile.imread(out_plain), tifffile.imread(out_linked)
+    assert np.array_equal(plain > 0, linked > 0)
+    per_plane = len(np.unique(plain[0][plain[0] > 0]))
+    assert len(np.unique(plain[plain > 0])) == 5 * per_plane  # unique per plane
+    assert len(np.unique(linked[linked > 0])) == per_plane  # one id through the stack
+    for z in range(1, 5):  # the cell under a pixel keeps its id as it moves
+        assert (
+            linked[z][:, 1:][linked[z - 1][:, :-1] > 0]
+            == linked[z - 1][:, :-1][linked[z - 1][:, :-1] > 0]
+        ).mean() > 0.95
+    assert f"{per_plane} cells in 5 plane(s)" in err
+
+
+def test_predict_link_bad_inputs(tmp_path, disk_stack, model_file, capsys):
+    stack, model = disk_stack
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((30, 30), np.uint8))
+    for argv, message in [
+        ([model_file, image, tmp_path / "o.tif", "--link", "z"], "needs a stack with one Z"),
+        ([model, stack, tmp_path / "o.tif", "--link", "t", "--link-iou", "0"], "link_iou"),
+        ([model, stack, tmp_path / "o.tif", "--link", "t", "--link-iou", "1.5"], "link_iou"),
+    ]:
+        code, err = run(["predict", *argv, "--device", "cpu"], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+    assert not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_predict_large_planes_tile_by_tile_equal_the_whole_plane(
+    tmp_path, disk_stack, capsys, monkeypatch, suffix
+):
+    """Planes above STREAM_PIXELS are labelled block by block: same cells, same files."""
+    import napari_unet.core.large_plane as large_plane
+
+    stack, model = disk_stack
+    whole = tmp_path / f"whole{suffix}"
+    args = ["--device", "cpu", "--tile-size", 204, "--probabilities"]
+    code, err = run(["predict", model, stack, whole, *args, tmp_path / f"pw{suffix}"], capsys)
+    assert code == 0, err
+    monkeypatch.setattr(large_plane, "STREAM_PIXELS", 1000)
+    monkeypatch.setattr(large_plane, "DEFAULT_BLOCK", 40)
+    tiled = tmp_path / f"tiled{suffix}"
+    code, err = run(["predict", model, stack, tiled, *args, tmp_path / f"pt{suffix}"], capsys)
+    assert code == 0, err
+    from napari_unet.core.io import open_image
+
+    a, b = np.asarray(open_image(whole)[:]), np.asarray(open_image(tiled)[:])
+    assert a.shape == b.shape == (5, 90, 110) and b.dtype == np.uint32
+    for pa, pb in zip(a, b, strict=True):  # the same partition of every plane
+        pairs = np.unique(np.stack([pa[pa > 0], pb[pb > 0]]), axis=1)
+        assert np.array_equal(pa > 0, pb > 0)
+        assert pairs.shape[1] == len(np.unique(pa[pa > 0])) == len(np.unique(pb[pb > 0]))
+    assert len(np.unique(b[b > 0])) == b.max()  # ids unique across the stack
+    np.testing.assert_allclose(
+        np.asarray(open_image(tmp_path / f"pt{suffix}")[:]),
+        np.asarray(open_image(tmp_path / f"pw{suffix}")[:]),
+        atol=1e-6,
+    )
+    code, err = run(["predict", model, stack, tmp_path / "x.tif", "--diameter", 20], capsys)
+    assert code == 2 and "--diameter is not supported" in err
+
+
+def test_predict_help_states_the_config_defaults():
+    from napari_unet.cli import build_parser
+    from napari_unet.core.segment_config import SegmentConfig
+
+    parser = build_parser()
+    predict = parser._subparsers._group_actions[0].choices["predict"]
+    helps = {a.dest: a.help for a in predict._actions}
+    for name in ("min_size", "expand", "link_iou", "link_bridge", "link_min_planes"):
+        assert helps[name].endswith(f"(default: {getattr(SegmentConfig, name)})"), helps[name]
+
+
+def test_predict_link_min_planes_removes_short_objects(tmp_path, disk_stack, capsys):
+    stack, model = disk_stack
+    planes = tifffile.imread(stack)
+    # a bright square in one plane only, where no plane has a cell near it
+    dark = ndi.minimum_filter(planes.max(axis=0) < 100, size=14)
+    y, x = np.argwhere(dark[8:-8, 8:-8])[0] + 8
+    planes[2, y - 4 : y + 4, x - 4 : x + 4] = 255
+    tifffile.imwrite(stack, planes)
+    out1, out2 = tmp_path / "all.tif", tmp_path / "long.tif"
+    args = ["--device", "cpu", "--min-size", 30, "--link", "z"]
+    assert run(["predict", model, stack, out1, *args], capsys)[0] == 0
+    code, err = run(["predict", model, stack, out2, *args, "--link-min-planes", 2], capsys)
+    assert code == 0, err
+    every, long = tifffile.imread(out1), tifffile.imread(out2)
+    square = every[2, y, x]
+    assert square > 0 and (every == square).sum() >= 8 * 8 - 10
+    assert long[2, y, x] == 0  # the one-plane object is gone, the others stay
+    assert np.array_equal(long > 0, (every > 0) & (every != square))
+    assert len(np.unique(long[long > 0])) == long.max()

@@ -277,3 +277,36 @@ def test_truncated_compressed_stack_exits_2(tmp_path, fraction, capsys):
     finally:
         gc.collect()  # close what a failed read left open, inside this test
     assert code == 2
+
+
+#: A plane whose whole-plane segmentation needs ~1 GB more than a 512 x 512 one (~30 B/px).
+HUGE = 6000
+
+
+@pytest.mark.slow
+def test_a_plane_larger_than_memory_allows_is_labelled_within_a_tile_budget(data, tmp_path):
+    """One 6000 x 6000 plane: private memory stays within 300 MB of a 512 x 512 plane's."""
+    _, model, small, _ = data
+    huge = tmp_path / "huge.tif"
+    plane = tifffile.memmap(huge, shape=(HUGE, HUGE), dtype=np.uint16, photometric="minisblack")
+    rng = np.random.default_rng(3)
+    for y in range(0, HUGE, 1000):  # written band by band: this process stays small too
+        band = ndimage.gaussian_filter(rng.random((1000, HUGE), np.float32), 4)
+        plane[y : y + 1000] = ((band - band.min()) / np.ptp(band) * 4000).astype(np.uint16)
+    plane.flush()
+    del plane
+    runs = {}
+    for name, image in (("small", small), ("huge", huge)):
+        out = tmp_path / f"{name}_labels.tif"
+        runs[name] = run_cli("predict", model, image, out, "--device", "cpu", "--overwrite")
+        assert runs[name].returncode == 0, runs[name].stderr
+    whole_plane = HUGE * HUGE * 30  # plane float32, probabilities, labels, post-processing
+    grown = runs["huge"].anon - runs["small"].anon
+    assert grown < 300 * 2**20 < 0.3 * whole_plane, (runs["small"], runs["huge"])
+    # a complete labelling with ids 1..n (equality with whole-plane labelling is tested
+    # on small planes in tests/core/test_large_plane.py and tests/test_cli.py)
+    labels = np.asarray(open_image(tmp_path / "huge_labels.tif"))
+    assert labels.shape == (HUGE, HUGE) and labels.dtype == np.uint32
+    ids = np.unique(labels)
+    assert ids[0] == 0 and len(ids) > 100 and ids[-1] == len(ids) - 1
+    assert f"{len(ids) - 1} cells in 1 plane(s)" in runs["huge"].stderr

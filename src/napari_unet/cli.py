@@ -161,10 +161,20 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     _, lead, _ = as_channels_first(image, model.in_channels)
     shape = (*lead, *image.shape[-2:])
     n_planes = int(np.prod(lead))
-    config = SegmentConfig.from_options(**vars(args))
+    config = SegmentConfig.from_options(**{**vars(args), "link": args.link != "none"})
     options = config.segment_kwargs(model)
     mask = options["output"] == "mask"
+    if args.link != "none" and len(lead) != 1:
+        raise ValueError(
+            f"--link {args.link} needs a stack with one {args.link.upper()} axis before the "
+            f"planes; INPUT has shape {tuple(image.shape)}"
+        )
     large = shape[-1] * shape[-2] > STREAM_PIXELS
+    if large and config.link:
+        raise ValueError(
+            f"--link is not supported for planes of more than {STREAM_PIXELS} pixels "
+            f"(INPUT planes are {shape[-2]} x {shape[-1]})"
+        )
     if large and config.diameter is not None:
         raise ValueError(
             f"--diameter is not supported for planes of more than {STREAM_PIXELS} pixels "
@@ -191,7 +201,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         stop = stack.enter_context(_StopOnSignal())
         run = {"tile_size": args.tile_size, "batch_size": args.batch_size, "device": args.device}
         if large:  # tile by tile: memory bounded by a few tiles, not by the plane
-            del options["diameter"]
+            for name in ("diameter", "link", "link_iou", "link_bridge", "link_min_planes"):
+                del options[name]
             jobs: Any = iter_write_large(model, image, labels_out, prob_out, **run, **options)
         else:
             jobs = iter_segment(model, image, **run, **options)
@@ -204,7 +215,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                         if prob_out is not None:
                             prob_out.write(event.probabilities)
                     cells += event.n_objects
-                    bar.set_postfix(planes=f"{event.plane + 1}/{n_planes}", cells=cells)
+                    # no refresh of its own: a bar shown before its delay would not end
+                    # its line when closed, and an error message would follow on it
+                    bar.set_postfix(
+                        planes=f"{event.plane + 1}/{n_planes}", cells=cells, refresh=False
+                    )
                     if stop.requested:
                         raise KeyboardInterrupt
                     continue
@@ -576,16 +591,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--min-size",
         type=int,
-        default=SegmentConfig.min_size,
-        help="remove smaller objects (pixels)",
+        help=option_help(SegmentConfig, "min_size", summary="remove smaller objects (pixels)"),
     )
     p.add_argument("--split", action="store_true", help="watershed-split touching cells")
-    p.add_argument(
-        "--expand",
-        type=int,
-        default=SegmentConfig.expand,
-        help="grow cells by this many pixels (without merging them)",
-    )
+    p.add_argument("--expand", type=int, help=option_help(SegmentConfig, "expand"))
     p.add_argument(
         "--fill-gaps",
         type=int,
@@ -601,6 +610,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         action="store_true",
         help="test-time augmentation: average 8 flips/rotations (8x slower)",
+    )
+    p.add_argument(
+        "--link",
+        choices=["none", "z", "t"],
+        default="none",
+        help="give a cell one id through a Z-stack or a time-lapse (overlap matching of each "
+        "plane with the previous one; no divisions, no motion model), or ids unique per plane",
+    )
+    p.add_argument("--link-iou", type=float, help=option_help(SegmentConfig, "link_iou"))
+    p.add_argument("--link-bridge", type=int, help=option_help(SegmentConfig, "link_bridge"))
+    p.add_argument(
+        "--link-min-planes", type=int, help=option_help(SegmentConfig, "link_min_planes")
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     _add_axes_options(p)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from skimage.measure import label
 
-from napari_unet.core.linking import PlaneLinker, link_planes, match_by_iou
+from napari_unet.core.linking import MinPlanes, PlaneLinker, link_planes, match_by_iou
 
 
 def sphere_stack(seed=0, n=12, shape=(24, 96, 96)):
@@ -133,3 +133,41 @@ def test_bad_planes():
     linker.link(np.zeros((4, 4), int))
     with pytest.raises(ValueError, match="differ in shape"):
         linker.link(np.zeros((5, 4), int))
+
+
+def brute_force_min_planes(linked, min_planes):
+    """Objects in fewer than ``min_planes`` planes removed, from the whole linked stack."""
+    stack = np.stack(linked)
+    counts = {i: sum(int((p == i).any()) for p in stack) for i in np.unique(stack[stack > 0])}
+    short = [i for i, n in counts.items() if n < min_planes]
+    return np.where(np.isin(stack, short), 0, stack)
+
+
+@pytest.mark.parametrize("min_planes", [2, 3, 5])
+def test_min_planes_streaming_equals_the_whole_stack_rule(min_planes):
+    truth = sphere_stack(seed=2, n=20)
+    planes = per_plane_ids(truth)
+    linker = PlaneLinker()
+    keep = MinPlanes(linker, min_planes)
+    out, items = [], []
+    for k, plane in enumerate(planes):
+        for item, labels, _ in keep.push(linker.link(plane), k):
+            items.append(item)
+            out.append(labels)
+        assert len(keep._held) <= min_planes - 1  # bounded delay
+    for item, labels, _ in keep.flush():
+        items.append(item)
+        out.append(labels)
+    assert items == list(range(len(planes)))
+    linked = list(link_planes(planes))
+    expected = brute_force_min_planes(linked, min_planes)
+    got = np.stack(out)
+    assert np.array_equal(got > 0, expected > 0)
+    kept = np.unique(got[got > 0])
+    assert kept.tolist() == list(range(1, keep.n_objects + 1))  # dense ids
+    assert len(kept) == len(np.unique(expected[expected > 0]))
+
+
+def test_min_planes_rejects_bad_values():
+    with pytest.raises(ValueError, match="min_planes"):
+        MinPlanes(PlaneLinker(), 0)

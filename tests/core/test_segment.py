@@ -95,3 +95,23 @@ def test_segment_config_holds_the_defaults_and_resolves_them_per_model(net):
     for bad in ({"threshold": 1.5}, {"min_size": -1}, {"diameter": 0}, {"fill_gaps": -2}):
         with pytest.raises(ValueError):
             SegmentConfig(**bad)
+
+
+def test_linked_planes_are_the_linker_applied_to_the_planes():
+    from napari_unet.core.linking import link_planes
+    from synthetic import image_of, threshold_unet, touching_disks
+
+    base = touching_disks((80, 100), n=8, radius=(7, 11), seed=2)
+    stack = np.stack([image_of(np.roll(base, 2 * z, axis=0), seed=z) for z in range(4)])
+    net = threshold_unet()
+    _, plain = run(net, stack)
+    _, linked = run(net, stack, link=True, first_label=5)
+    expected = list(link_planes([p.labels for p in plain]))
+    for got, want in zip(linked, expected, strict=True):
+        np.testing.assert_array_equal(got.labels, np.where(want > 0, want + 4, 0))
+    assert sum(p.n_objects for p in linked) == max(int(e.max()) for e in expected)
+    assert len(np.unique(np.stack([p.labels for p in linked]))) < len(
+        np.unique(np.stack([p.labels for p in plain]))
+    )
+    with pytest.raises(ValueError, match="needs instance labels"):
+        run(net, stack, link=True, output="mask")

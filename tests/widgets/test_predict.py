@@ -428,3 +428,24 @@ def test_an_rgb_layer_with_a_one_channel_model_says_how_to_pick_a_channel(make_n
     with pytest.raises(ValueError, match="Split RGB"):
         widget.start()
     assert not widget.is_running
+
+
+def test_linking_through_the_stack(stack_viewer, qtbot):
+    """'One id per cell through the stack' gives what the core's linking gives."""
+    viewer = stack_viewer
+    model = threshold_unet()
+    get_session(viewer).set_model(model)
+    widget = open_predict(viewer)
+    assert not widget.link.enabled  # one plane: nothing to link
+    widget.scope.value = "stack"
+    assert widget.link.enabled
+    widget.link.value = True
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    labels = viewer.layers["cells prediction"].data
+    image = viewer.layers["cells"].data
+    expected = core_segment(model, image, tile_size=TILE, min_size=4, link=True)
+    np.testing.assert_array_equal(labels, expected)
+    unlinked = core_segment(model, image, tile_size=TILE, min_size=4)
+    assert np.array_equal(labels > 0, unlinked > 0)
+    assert labels.max() <= unlinked.max()  # ids continue through the planes

@@ -29,14 +29,12 @@ from qtpy.QtCore import QTimer
 
 from napari_unet._widgets._layers import (
     MASKS_SUFFIX,
-    REGIONS_SUFFIX,
     LayerFollower,
     annotated_image,
     annotated_rectangles,
     check_labels_match,
     current_plane,
     layer_choices,
-    rectangles_from_shapes,
     regions_layer_for,
     regions_layer_name,
     spatial_shape,
@@ -49,20 +47,7 @@ if TYPE_CHECKING:
 
     from napari_unet.core.annotations import Rectangle
 
-# Re-exported for the Weight map widget, which still imports them from here
-# (new code: napari_unet._widgets._layers and napari_unet.core.io).
-_layer_choices = layer_choices
-__all__ = [
-    "MASKS_SUFFIX",
-    "REGIONS_SUFFIX",
-    "AnnotateWidget",
-    "allocate_zeros",
-    "check_labels_match",
-    "current_plane",
-    "rectangles_from_shapes",
-    "regions_layer_for",
-    "spatial_shape",
-]
+__all__ = ["AnnotateWidget"]
 
 #: Labels arrays up to this many pixels are scanned whole for their largest id.
 _FULL_SCAN_PIXELS = 1 << 27

@@ -180,6 +180,14 @@ class PredictWidget(Container):
         self.tta = CheckBox(
             text="Test-time augmentation (8 flips/rotations, 8x slower)", value=defaults.tta
         )
+        self.link = CheckBox(
+            text="One id per cell through the stack (Z or time)",
+            value=defaults.link,
+            tooltip="Link the cells of consecutive planes by overlap (IoU >= "
+            f"{defaults.link_iou}); a time-lapse is tracked by overlap only: no divisions, "
+            "no motion model. Off: ids are unique per plane. For 'whole stack' only.",
+            enabled=False,
+        )
         self.show_probabilities = CheckBox(text="Show probabilities", value=False)
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -211,6 +219,7 @@ class PredictWidget(Container):
                 self.scope,
                 self.threshold,
                 self.regions,
+                self.link,
                 self.show_probabilities,
                 buttons,
                 self.status,
@@ -248,6 +257,7 @@ class PredictWidget(Container):
         self._runner.connect_start(self.start, "Cannot predict")
         self.picker.changed.connect(self._update_model_info)
         self.image_layer.changed.connect(self._on_image_changed)
+        self.scope.changed.connect(self._on_scope_changed)
         self.use_button.changed.connect(self._on_use_clicked)
         get_session(viewer).model_changed.connect(self._on_model_changed)
         self.picker.refresh()
@@ -291,7 +301,7 @@ class PredictWidget(Container):
             object_zoom,
             resolve_tiling,
         )
-        from napari_unet.core.tiling import TestTimeAugmentation, as_channels_first
+        from napari_unet.core.tiling import as_channels_first
 
         if self.is_running:
             raise ValueError("a prediction is already running")
@@ -314,8 +324,7 @@ class PredictWidget(Container):
         diameter = float(self.diameter.value) or None
         zoom = object_zoom(model, diameter)  # checks that the size is usable
         tta = bool(self.tta.value)
-        geometry = TestTimeAugmentation(model) if tta else model
-        _, tile, batch = resolve_tiling(geometry, self.device.value, int(self.tile_size.value))
+        _, tile, batch = resolve_tiling(model, self.device.value, int(self.tile_size.value))
         save_settings(tile_size=int(self.tile_size.value), device=self.device.value)
 
         labels_layer, prob_layer = self._output_layers(image, (*lead, *shape), channels)
@@ -339,8 +348,9 @@ class PredictWidget(Container):
             regions=bool(self.regions.value),
             tta=tta,
             diameter=diameter,
+            link=bool(self.link.value) and whole and len(lead) == 1,
         ).segment_kwargs(model)
-        per_plane = count_batches(geometry, shape, region, tile, batch, zoom) + 1
+        per_plane = count_batches(model, shape, region, tile, batch, zoom) + 1
         total = (per_plane + (zoom != 1.0)) * len(planes)
         worker = create_worker(
             iter_segment,
@@ -475,41 +485,39 @@ class PredictWidget(Container):
         scale, translate = np.asarray(image.scale), np.asarray(image.translate)
         if channels and not image.rgb:  # a channel axis in the image, not in the labels
             scale, translate = np.delete(scale, -3), np.delete(translate, -3)
-        layers = self._viewer.layers
-        name = self.output_name("prediction")
-        if name in layers:
-            labels = layers[name]
-            if tuple(labels.data.shape) != shape:
-                labels.data = allocate_zeros(shape, np.uint32, name="prediction")
-        else:
-            labels = self._viewer.add_labels(
-                allocate_zeros(shape, np.uint32, name="prediction"),
-                name=name,
-                scale=scale,
-                translate=translate,
-                opacity=0.6,
-            )
+        place = {"scale": scale, "translate": translate}
+        labels = self._output_layer("prediction", shape, np.uint32, "labels", opacity=0.6, **place)
         prob = None
         if self.show_probabilities.value:
-            pname = self.output_name("probability")
-            if pname in layers:
-                prob = layers[pname]
-                if tuple(prob.data.shape) != shape:
-                    prob.data = allocate_zeros(shape, np.float32, name="probability")
-            else:
-                prob = self._viewer.add_image(
-                    allocate_zeros(shape, np.float32, name="probability"),
-                    name=pname,
-                    colormap="magma",
-                    contrast_limits=(0.0, 1.0),
-                    blending="additive",
-                    scale=scale,
-                    translate=translate,
-                    multiscale=False,
-                )
-                # below the labels so that the cells stay visible
+            prob = self._output_layer(
+                "probability",
+                shape,
+                np.float32,
+                "image",
+                colormap="magma",
+                contrast_limits=(0.0, 1.0),
+                blending="additive",
+                multiscale=False,
+                **place,
+            )
+            layers = self._viewer.layers
+            if layers.index(prob) > layers.index(labels):  # below: the cells stay visible
                 layers.move(layers.index(prob), layers.index(labels))
         return labels, prob
+
+    def _output_layer(
+        self, kind: str, shape: tuple[int, ...], dtype: Any, layer_type: str, **style: Any
+    ) -> Any:
+        """The output layer ``kind`` of the image: reused (zeroed if resized) or added."""
+        name = self.output_name(kind)
+        layers = self._viewer.layers
+        if name in layers:
+            layer = layers[name]
+            if tuple(layer.data.shape) != shape:
+                layer.data = allocate_zeros(shape, dtype, name=kind)
+            return layer
+        add = getattr(self._viewer, f"add_{layer_type}")
+        return add(allocate_zeros(shape, dtype, name=kind), name=name, **style)
 
     # -- slots ------------------------------------------------------------
     def _on_progress(self, event: SegmentProgress | PlaneDone) -> None:
@@ -615,6 +623,9 @@ class PredictWidget(Container):
         self.split.visible = self.expand.visible = not membranes  # cell post-processing
         output = "membranes: binary mask output" if membranes else "cells: instance output"
         self.model_info.value = f"{text}; {output}; threshold {self.threshold.value:.2f}; {size}"
+
+    def _on_scope_changed(self, value: Any = None) -> None:
+        self.link.enabled = self.scope.value == "stack"
 
     def _on_image_changed(self, value: Any = None) -> None:
         image = self.image_layer.value

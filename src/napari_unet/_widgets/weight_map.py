@@ -33,16 +33,16 @@ from magicgui.widgets import (
 from psygnal import Signal
 from qtpy.QtCore import QTimer
 
-from napari_unet._widgets._session import annotation_info
-from napari_unet._widgets._settings import load_settings, save_settings
-from napari_unet._widgets.annotate import (
-    _layer_choices,
-    allocate_zeros,
+from napari_unet._widgets._layers import (
     current_plane,
+    layer_choices,
     rectangles_from_shapes,
     regions_layer_for,
 )
+from napari_unet._widgets._session import annotation_info
+from napari_unet._widgets._settings import load_settings, save_settings
 from napari_unet.core.annotations import Annotation, PlaneTargets
+from napari_unet.core.io import allocate_zeros
 
 if TYPE_CHECKING:
     import napari
@@ -108,7 +108,7 @@ class WeightMapWidget(Container):
         self.labels_layer = create_widget(
             annotation="napari.layers.Labels",
             label="Masks",
-            options={"choices": _layer_choices(viewer, "Labels")},
+            options={"choices": layer_choices(viewer, "Labels")},
         )
         self.w0 = FloatSpinBox(
             value=float(settings["w0"]), min=0.0, max=1000.0, step=1.0, label="w0"

@@ -35,11 +35,12 @@ from scipy.sparse.csgraph import connected_components
 from skimage.segmentation import expand_labels
 
 from napari_unet.core.postprocess import close_gaps, split_touching
+from napari_unet.core.progress import run_to_end
 
 __all__ = ["DEFAULT_BLOCK", "BlockProgress", "iter_label_blocks", "label_blocks"]
 
 #: Edge of the blocks labelled at once (pixels).
-DEFAULT_BLOCK = 2048
+DEFAULT_BLOCK = 1024
 
 Window = tuple[slice, slice]
 #: Makes a scratch array: (name, shape, dtype) -> writable 2D array filled with 0.
@@ -68,8 +69,30 @@ def _numpy_scratch(name: str, shape: tuple[int, int], dtype: Any) -> np.ndarray:
     return np.zeros(shape, dtype)
 
 
+def _label_block(block: np.ndarray, min_size: int) -> tuple[np.ndarray, int, np.ndarray]:
+    """Components of a block, without those already known to be too small.
+
+    A component that does not reach the block's edge is whole, so one under
+    ``min_size`` pixels is removed at once (noise can make millions of them).
+    Returns the labels (1..n), n and the areas.
+    """
+    local, n = ndi.label(block > 0)
+    area = np.bincount(local.ravel(), minlength=n + 1)
+    edge = np.concatenate([local[0], local[-1], local[:, 0], local[:, -1]])
+    drop = area < min_size
+    drop[0] = False
+    drop[edge] = False
+    if drop.any():
+        keep = ~drop
+        keep[0] = False
+        new = np.zeros(n + 1, np.int32)
+        new[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
+        local, n, area = new[local], int(keep.sum()), np.concatenate([[0], area[keep]])
+    return local, n, area[1:]
+
+
 def _components(
-    mask: Any, ids: Any, blocks: list[Window], total: int
+    mask: Any, ids: Any, blocks: list[Window], total: int, min_size: int
 ) -> Generator[BlockProgress, None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Label the blocks of ``mask`` into ``ids`` and join components across block borders.
 
@@ -82,8 +105,8 @@ def _components(
     boxes: list[np.ndarray] = []
     joins: list[np.ndarray] = []
     for k, (rows, cols) in enumerate(blocks):
-        local, n = ndi.label(np.asarray(mask[rows, cols]) > 0)
-        areas.append(np.bincount(local.ravel(), minlength=n + 1)[1:])
+        local, n, area = _label_block(np.asarray(mask[rows, cols]), min_size)
+        areas.append(area)
         box = [(r.start, r.stop, c.start, c.stop) for r, c in ndi.find_objects(local)]
         origin = np.array([rows.start, rows.start, cols.start, cols.start])
         boxes.append(np.array(box, np.int64).reshape(-1, 4) + origin)
@@ -171,7 +194,7 @@ def iter_label_blocks(
     reach += 1 if reach else 0
     total = len(blocks) * (3 if split else 2)
     ids = make("components", shape, np.uint32)
-    lut, area, boxes = yield from _components(mask, ids, blocks, total)
+    lut, area, boxes = yield from _components(mask, ids, blocks, total, min_size)
     done = len(blocks)
     kept = area >= min_size
     # final ids: sequential over the kept components (split: their pieces)
@@ -231,9 +254,4 @@ def iter_label_blocks(
 
 def label_blocks(mask: Any, out: Any, **options: Any) -> int:
     """Blocking :func:`iter_label_blocks` (same parameters); returns the object count."""
-    gen = iter_label_blocks(mask, out, **options)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return int(stop.value)
+    return run_to_end(iter_label_blocks(mask, out, **options))

@@ -9,6 +9,7 @@ time, so memory stays bounded by a plane whatever the size of the stack.
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 import secrets
 import shutil
@@ -35,6 +36,7 @@ __all__ = [
     "open_image",
     "partial_path",
     "read_array",
+    "release_pages",
     "unique_path",
 ]
 
@@ -162,6 +164,18 @@ def read_array(image: Any, index: tuple[Any, ...] = (), name: str = "the input")
     except Exception as err:  # decoders raise many types (zlib.error, TiffFileError, ...)
         where = f" (plane {index})" if index else ""
         raise ImageReadError(f"cannot read {name}{where}: {err}") from None
+
+
+def release_pages(image: Any) -> None:
+    """Drop the pages of a read-only memory-mapped input from this process (else a no-op).
+
+    They are file-backed and reclaimable, but they count in RSS while mapped:
+    without this, RSS grows to the size of the stack as planes are read.
+    """
+    buffer = getattr(image, "_mmap", None)  # numpy.memmap keeps its mmap.mmap here
+    read_only = getattr(image, "mode", None) == "r"
+    if buffer is not None and read_only and hasattr(mmap, "MADV_DONTNEED"):
+        buffer.madvise(mmap.MADV_DONTNEED)
 
 
 def check_output_path(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:

@@ -24,12 +24,13 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from napari_unet.core.blockwise import DEFAULT_BLOCK, BlockProgress, iter_label_blocks
+from napari_unet.core.blockwise import DEFAULT_BLOCK, iter_label_blocks
 from napari_unet.core.device import select_device
-from napari_unet.core.io import allocate_zeros
+from napari_unet.core.io import allocate_zeros, release_pages
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import FILL_GAPS, foreground_probability
 from napari_unet.core.predictor import Predictor, TestTimeAugmentation, as_predictor
+from napari_unet.core.progress import relay
 from napari_unet.core.segment_config import SegmentConfig
 from napari_unet.core.tiling import (
     as_channels_first,
@@ -50,9 +51,9 @@ __all__ = [
 ]
 
 #: Planes with more pixels than this are segmented tile by tile by the command line.
-STREAM_PIXELS = 4096 * 4096
+STREAM_PIXELS = 2048 * 2048
 #: Normalization statistics come from at most about this many pixels of a plane.
-SAMPLE_PIXELS = 2048 * 2048
+SAMPLE_PIXELS = 4096 * 4096
 #: Scratch arrays larger than this live on disk (zarr), smaller ones in memory.
 SCRATCH_NUMPY_BYTES = 64 * 2**20
 
@@ -101,9 +102,9 @@ def plane_sample(
     parts = []
     for r0 in range(0, rows, band * step):
         r1 = min(rows, r0 + band * step)
-        parts.append(
-            np.asarray(image[(*index, *chan, slice(r0, r1, step), slice(None, None, step))])
-        )
+        key = (*index, *chan, slice(r0, r1, step), slice(None, None, step))
+        parts.append(np.array(image[key]))  # a copy: the band's pages can go
+        release_pages(image)  # strided reads map whole pages (and their neighbours)
     return np.concatenate(parts, axis=-2)
 
 
@@ -118,7 +119,9 @@ class _NormalizedPlane:
         self.dtype = np.dtype(np.float32)
 
     def __getitem__(self, key: tuple[Any, ...]) -> np.ndarray:
-        return self.normalization.apply(np.asarray(self.image[(*self.index, *key)]), self.limits)
+        tile = self.normalization.apply(np.asarray(self.image[(*self.index, *key)]), self.limits)
+        release_pages(self.image)  # a memory-mapped input would fill RSS with the plane
+        return tile
 
 
 class _ForegroundSink:
@@ -179,7 +182,7 @@ def iter_segment_large(
     channel_axis: int | None = None,
     first_label: int = 1,
     output: Literal["instances", "mask"] = "instances",
-    block: int = DEFAULT_BLOCK,
+    block: int | None = None,
 ) -> Generator[LargePlaneProgress, None, int]:
     """Segment one plane of ``image`` tile by tile, writing the result block by block.
 
@@ -206,8 +209,8 @@ def iter_segment_large(
         Channel axis for multi-channel models (default -3).
     first_label : int
         Id of the first cell.
-    block : int
-        Edge of the labelling blocks.
+    block : int, optional
+        Edge of the labelling blocks (:data:`~napari_unet.core.blockwise.DEFAULT_BLOCK`).
 
     Yields
     ------
@@ -221,6 +224,7 @@ def iter_segment_large(
     """
     if output not in ("instances", "mask"):
         raise ValueError(f"`output` must be 'instances' or 'mask', got {output!r}")
+    block = DEFAULT_BLOCK if block is None else block
     arr, lead, channels = as_channels_first(image, model.in_channels, channel_axis)
     if len(index) != len(lead) or any(not 0 <= i < n for i, n in zip(index, lead, strict=True)):
         raise ValueError(f"plane index {index} is out of range for leading shape {lead}")
@@ -270,12 +274,10 @@ def iter_segment_large(
         block=block,
         scratch=scratch,
     )
-    while True:
-        try:
-            step: BlockProgress = next(labelling)
-        except StopIteration as stop:
-            return int(stop.value)
-        yield LargePlaneProgress(n_tiles + step.done, total, step.stage)
+    n_objects: int = yield from relay(
+        labelling, lambda step: LargePlaneProgress(n_tiles + step.done, total, step.stage)
+    )
+    return n_objects
 
 
 @dataclass(frozen=True)
@@ -321,7 +323,7 @@ def iter_write_large(
     channel_axis = options.get("channel_axis")
     _, lead, _ = as_channels_first(image, model.in_channels, channel_axis)
     planes = list(np.ndindex(*lead))
-    next_label, offset, total = 1, 0, 0
+    next_label = 1
     for k, index in enumerate(planes):
         job = iter_segment_large(
             model,
@@ -334,15 +336,13 @@ def iter_write_large(
             first_label=next_label,
             **options,
         )
-        while True:
-            try:
-                step = next(job)
-            except StopIteration as stop:
-                n_objects = int(stop.value)
-                break
-            total = step.total * len(planes)
-            yield LargePlaneProgress(offset + step.done, total, step.stage, step.message)
-        offset += total // len(planes)
+
+        def over_stack(step: LargePlaneProgress, k: int = k) -> LargePlaneProgress:
+            # every plane takes the same steps: count them over the stack
+            done, total = k * step.total + step.done, step.total * len(planes)
+            return LargePlaneProgress(done, total, step.stage, step.message)
+
+        n_objects: int = yield from relay(job, over_stack)
         labels_out.next_plane()
         if probabilities_out is not None:
             probabilities_out.next_plane()

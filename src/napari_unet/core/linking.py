@@ -19,18 +19,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-__all__ = ["IOU_THRESHOLD", "LinkResult", "PlaneLinker", "link_planes", "match_by_iou"]
+from napari_unet.core.segment_config import SegmentConfig
 
-#: Default smallest IoU for two objects of neighbouring planes to be one object:
-#: low enough for the small caps of spheres (a 18 px cap over a 64 px section
-#: has IoU 0.28), high enough that a neighbour touching an object is not it.
-IOU_THRESHOLD = 0.25
+__all__ = [
+    "IOU_THRESHOLD",
+    "LinkResult",
+    "MinPlanes",
+    "PlaneLinker",
+    "link_planes",
+    "match_by_iou",
+]
+
+#: Default smallest IoU for two objects of neighbouring planes to be one object
+#: (:class:`~napari_unet.core.segment_config.SegmentConfig`'s ``link_iou``): low
+#: enough for the small caps of spheres (a 18 px cap over a 64 px section has IoU
+#: 0.28), high enough that a neighbour touching an object is not it.
+IOU_THRESHOLD = SegmentConfig.link_iou
 
 
 def match_by_iou(
@@ -82,9 +93,18 @@ def match_by_iou(
     n_rows, n_cols = rows.max() + 1, cols.max() + 1
     graph = coo_matrix((np.ones(len(iou)), (rows, n_rows + cols)), (n_rows + n_cols,) * 2)
     _, group = connected_components(graph, directed=False)
-    matches = []
-    for g in np.unique(group[rows]):
-        sel = np.flatnonzero(group[rows] == g)
+    pair_group = group[rows]
+    size = np.bincount(pair_group)
+    alone = size[pair_group] == 1  # the only candidate of both objects: a match
+    matches = [
+        (int(a), int(b), float(v))
+        for a, b, v in zip(pairs[0, alone], pairs[1, alone], iou[alone], strict=True)
+    ]
+    order = np.argsort(pair_group, kind="stable")
+    starts = np.flatnonzero(np.diff(np.concatenate([[-1], pair_group[order]])))
+    for sel in np.split(order, starts[1:]):
+        if len(sel) == 1:
+            continue
         r_ids, r = np.unique(pairs[0, sel], return_inverse=True)
         c_ids, c = np.unique(pairs[1, sel], return_inverse=True)
         score = np.zeros((len(r_ids), len(c_ids)))
@@ -177,6 +197,79 @@ class PlaneLinker:
             self.result.planes[int(i)] = self.result.planes.get(int(i), 0) + 1
         self._recent = [linked, *self._recent][: self.bridge + 1]
         return linked
+
+
+class MinPlanes:
+    """Drop the linked objects seen in fewer than ``min_planes`` planes (streaming).
+
+    Planes are released ``min_planes - 1 + bridge`` planes late, when every
+    object in them is known to be long enough or to have ended; the kept
+    objects get dense ids ``1, 2, ...`` in the order they are released. With
+    ``bridge=0`` the rule is exact; with a bridge, an object still going on
+    when its first plane is released is kept.
+
+    Parameters
+    ----------
+    linker : PlaneLinker
+        The linker whose output is pushed (its counts decide).
+    min_planes : int
+        Fewest planes an object must appear in.
+
+    Examples
+    --------
+    >>> linker = PlaneLinker()
+    >>> keep = MinPlanes(linker, 2)
+    >>> a, b = np.array([[1, 0, 2]]), np.array([[1, 0, 0]])
+    >>> keep.push(linker.link(a), "plane 0")  # held back one plane
+    []
+    >>> [(item, lab.tolist(), new) for item, lab, new in keep.push(linker.link(b), "plane 1")]
+    [('plane 0', [[1, 0, 0]], 1)]
+    >>> [(item, lab.tolist(), new) for item, lab, new in keep.flush()]
+    [('plane 1', [[1, 0, 0]], 0)]
+    """
+
+    def __init__(self, linker: PlaneLinker, min_planes: int) -> None:
+        if int(min_planes) != min_planes or min_planes < 1:
+            raise ValueError(f"`min_planes` must be an integer >= 1, got {min_planes!r}")
+        self.linker, self.min_planes = linker, int(min_planes)
+        self.delay = 0 if min_planes == 1 else self.min_planes - 1 + linker.bridge
+        self._held: list[tuple[Any, np.ndarray]] = []
+        self._dense = np.zeros(1, np.uint32)  # linked id -> kept id (0: not decided or dropped)
+        self._decided: set[int] = set()
+        self.n_objects = 0
+
+    def push(self, linked: np.ndarray, item: Any = None) -> list[tuple[Any, np.ndarray, int]]:
+        """Add the next linked plane; return the planes now final: (item, labels, new ids)."""
+        self._held.append((item, linked))
+        released = []
+        while len(self._held) > self.delay:
+            released.append(self._release(*self._held.pop(0), ended=False))
+        return released
+
+    def flush(self) -> list[tuple[Any, np.ndarray, int]]:
+        """The planes still held, at the end of the stack."""
+        released = [self._release(item, linked, ended=True) for item, linked in self._held]
+        self._held = []
+        return released
+
+    def _release(self, item: Any, linked: np.ndarray, ended: bool) -> tuple[Any, np.ndarray, int]:
+        counts = self.linker.result.planes
+        recent = self._held[-(self.linker.bridge + 1) :] if not ended else []
+        alive = set().union(*(np.unique(lab[lab > 0]).tolist() for _, lab in recent))
+        top = int(linked.max()) if linked.size else 0
+        if top >= len(self._dense):
+            self._dense = np.concatenate(
+                [self._dense, np.zeros(top + 1 - len(self._dense), np.uint32)]
+            )
+        started = self.n_objects
+        for i in np.unique(linked[linked > 0]).tolist():
+            if i in self._decided:
+                continue
+            self._decided.add(i)
+            if counts.get(i, 0) >= self.min_planes or i in alive:
+                self.n_objects += 1
+                self._dense[i] = self.n_objects
+        return item, self._dense[linked], self.n_objects - started
 
 
 def link_planes(

@@ -10,7 +10,6 @@ across planes). Memory is bounded by one plane.
 from __future__ import annotations
 
 import math
-import mmap
 from collections.abc import Generator, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -21,7 +20,8 @@ from skimage.segmentation import relabel_sequential
 
 from napari_unet.core.checkpoint import suggested_diameter
 from napari_unet.core.device import select_device
-from napari_unet.core.io import read_array
+from napari_unet.core.io import read_array, release_pages
+from napari_unet.core.linking import MinPlanes, PlaneLinker
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import (
     FILL_GAPS,
@@ -257,6 +257,10 @@ def iter_segment(
     first_label: int = 1,
     diameter: float | None = SegmentConfig.diameter,
     output: Literal["instances", "mask"] = "instances",
+    link: bool = SegmentConfig.link,
+    link_iou: float = SegmentConfig.link_iou,
+    link_bridge: int = SegmentConfig.link_bridge,
+    link_min_planes: int = SegmentConfig.link_min_planes,
 ) -> Generator[SegmentProgress | PlaneDone, None, int]:
     """Segment the planes of ``image``, yielding tile progress and finished planes.
 
@@ -293,6 +297,14 @@ def iter_segment(
     output : {"instances", "mask"}
         Instance labels, or the binary mask ``foreground > threshold`` (the
         output of a membranes model, :func:`~napari_unet.core.tasks.model_task`).
+    link, link_iou, link_bridge, link_min_planes
+        Link the instances of consecutive planes of the job by overlap
+        (:class:`~napari_unet.core.linking.PlaneLinker`): an object keeps its
+        id from plane to plane; ``n_objects`` of a plane counts the objects it
+        starts. Only the previous planes' labels are held; with
+        ``link_min_planes > 1`` objects in fewer planes are removed
+        (:class:`~napari_unet.core.linking.MinPlanes`) and each plane is
+        yielded ``link_min_planes - 1 + link_bridge`` planes late.
 
     Yields
     ------
@@ -314,6 +326,10 @@ def iter_segment(
             raise ValueError(f"plane index {index} is out of range for leading shape {lead}")
     if output not in ("instances", "mask"):
         raise ValueError(f"`output` must be 'instances' or 'mask', got {output!r}")
+    if link and output == "mask":
+        raise ValueError("linking needs instance labels: a membranes model writes a mask")
+    linker = PlaneLinker(link_iou, link_bridge) if link else None
+    keep = MinPlanes(linker, link_min_planes) if linker is not None else None
     target = _check_region(region, shape)
     zoom = object_zoom(model, diameter)
     dev, tile, batch = resolve_tiling(model, device, tile_size, batch_size)
@@ -335,7 +351,7 @@ def iter_segment(
         plane = read_array(arr, index)
         x = model.normalization(plane)[..., window[0], window[1]]
         del plane
-        _release_pages(arr)
+        release_pages(arr)
         size = (int(x.shape[-2]), int(x.shape[-1]))
         if zoom != 1.0:
             x = resize(x.reshape(-1, *size), (_zoomed(size[0], zoom), _zoomed(size[1], zoom)))
@@ -385,20 +401,18 @@ def iter_segment(
         )[local]
         if prob.shape[1:] != kept.shape[1:]:
             labels = relabel_sequential(labels)[0]
+        if keep is not None and linker is not None:  # ids continue earlier planes' objects
+            for (j, at, prob_of), final, n_new in keep.push(linker.link(labels), (k, index, kept)):
+                final[final > 0] += np.uint32(first_label - 1)
+                yield PlaneDone(j, at, len(todo), target, final, prob_of, n_new)
+            continue
         n_objects = int(labels.max())
         labels[labels > 0] += np.uint32(next_label - 1)
         next_label += n_objects
         yield PlaneDone(k, index, len(todo), target, labels, kept, n_objects)
+    if keep is not None:
+        for (j, at, prob_of), final, n_new in keep.flush():
+            final[final > 0] += np.uint32(first_label - 1)
+            yield PlaneDone(j, at, len(todo), target, final, prob_of, n_new)
+        next_label = first_label + keep.n_objects
     return next_label
-
-
-def _release_pages(image: Any) -> None:
-    """Drop the pages of a read-only memory-mapped input from this process.
-
-    They are file-backed and reclaimable, but they count in RSS while mapped:
-    without this, RSS grows to the size of the stack as planes are read.
-    """
-    buffer = getattr(image, "_mmap", None)  # numpy.memmap keeps its mmap.mmap here
-    read_only = getattr(image, "mode", None) == "r"
-    if buffer is not None and read_only and hasattr(mmap, "MADV_DONTNEED"):
-        buffer.madvise(mmap.MADV_DONTNEED)

@@ -44,6 +44,16 @@ class SegmentConfig:
     diameter : float, optional
         Typical object diameter (px) in the image: it is rescaled so objects
         have the size the model was trained on. None: no rescaling.
+    link : bool
+        Give objects of consecutive planes (Z or time) that overlap one id
+        (:mod:`napari_unet.core.linking`); off: ids are unique per plane.
+    link_iou : float
+        Smallest overlap (IoU) of two objects of neighbouring planes to be one.
+    link_bridge : int
+        Planes an object may be missing from and keep its id.
+    link_min_planes : int
+        Linked objects seen in fewer planes are removed. Each plane is then
+        written ``link_min_planes - 1 + link_bridge`` planes late.
     """
 
     threshold: float | None = None
@@ -54,6 +64,10 @@ class SegmentConfig:
     regions: bool = False
     tta: bool = False
     diameter: float | None = None
+    link: bool = False
+    link_iou: float = 0.25
+    link_bridge: int = 0
+    link_min_planes: int = 1
 
     def __post_init__(self) -> None:
         if self.threshold is not None and not 0 <= self.threshold <= 1:
@@ -63,6 +77,12 @@ class SegmentConfig:
                 raise ValueError(f"`{name}` must be >= 0, got {getattr(self, name)!r}")
         if self.fill_gaps is not None and self.fill_gaps < 0:
             raise ValueError(f"`fill_gaps` must be >= 0 or None, got {self.fill_gaps!r}")
+        if not 0 < self.link_iou <= 1:
+            raise ValueError(f"`link_iou` must be in (0, 1], got {self.link_iou!r}")
+        if self.link_bridge < 0:
+            raise ValueError(f"`link_bridge` must be >= 0, got {self.link_bridge!r}")
+        if self.link_min_planes < 1:
+            raise ValueError(f"`link_min_planes` must be >= 1, got {self.link_min_planes!r}")
         if self.diameter is not None and not self.diameter > 0:
             raise ValueError(f"`diameter` must be > 0 or None, got {self.diameter!r}")
 
@@ -92,5 +112,9 @@ class SegmentConfig:
             "expand": self.expand,
             "tta": self.tta,
             "diameter": self.diameter,
+            "link": self.link,
+            "link_iou": self.link_iou,
+            "link_bridge": self.link_bridge,
+            "link_min_planes": self.link_min_planes,
             **options,
         }

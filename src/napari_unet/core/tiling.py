@@ -38,6 +38,7 @@ from napari_unet.core.predictor import (
     tile_for_core,
     tile_overhead,
 )
+from napari_unet.core.progress import run_to_end
 
 __all__ = [
     "MAX_AUTO_CORE",
@@ -495,18 +496,15 @@ def predict_tiled(
     >>> predict_tiled(net, np.zeros((50, 70)), device="cpu").shape
     (2, 50, 70)
     """
-    gen = iter_predict_tiled(
-        model,
-        image,
-        tile_size=tile_size,
-        batch_size=batch_size,
-        device=device,
-        out=out,
-        channel_axis=channel_axis,
-        tta=tta,
+    return run_to_end(
+        iter_predict_tiled(
+            model,
+            image,
+            tile_size=tile_size,
+            batch_size=batch_size,
+            device=device,
+            out=out,
+            channel_axis=channel_axis,
+            tta=tta,
+        )
     )
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            return stop.value

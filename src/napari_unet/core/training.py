@@ -40,6 +40,7 @@ from napari_unet.core.postprocess import (
     object_diameter,
     probabilities_to_labels,
 )
+from napari_unet.core.progress import run_to_end
 from napari_unet.core.tiling import predict_tiled
 from napari_unet.core.train_config import (  # re-exported: the public names of training
     FINE_TUNE_LEARNING_RATE,
@@ -540,9 +541,4 @@ def iter_train(
 
 def train(*args: Any, **kwargs: Any) -> TrainResult:
     """Blocking version of :func:`iter_train` (same parameters)."""
-    gen = iter_train(*args, **kwargs)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(iter_train(*args, **kwargs))
