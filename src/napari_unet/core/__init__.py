@@ -32,7 +32,7 @@ _EXPORTS = {
     "weighted_cross_entropy": "losses",
     "iter_train": "training",
     "train": "training",
-    "TrainConfig": "training",
+    "TrainConfig": "train_config",
     "TrainProgress": "training",
     "TrainResult": "training",
     "SegmentConfig": "segment_config",
@@ -47,7 +47,14 @@ _EXPORTS = {
     "open_image": "io",
     "iter_segment": "segment",
     "PlaneDone": "segment",
-    "TestTimeAugmentation": "tiling",
+    "TestTimeAugmentation": "predictor",
+    "Predictor": "predictor",
+    "NetworkPredictor": "predictor",
+    "run_tiles": "tiling",
+    "iter_segment_large": "large_plane",
+    "label_blocks": "blockwise",
+    "PlaneLinker": "linking",
+    "link_planes": "linking",
     "training_crops": "annotations",
     "Rectangle": "annotations",
     "Annotation": "annotations",
@@ -72,6 +79,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.annotations import Annotation, Rectangle, training_crops
     from napari_unet.core.augment import augment_sample, elastic_deform
+    from napari_unet.core.blockwise import label_blocks
     from napari_unet.core.checkpoint import (
         ModelFileError,
         load_model,
@@ -81,24 +89,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.device import select_device
     from napari_unet.core.distributed import predict_dask
     from napari_unet.core.io import open_image
+    from napari_unet.core.large_plane import iter_segment_large
+    from napari_unet.core.linking import PlaneLinker, link_planes
     from napari_unet.core.losses import weighted_cross_entropy
     from napari_unet.core.metrics import foreground_iou, instance_scores, seg_score
     from napari_unet.core.model import UNet, UNetConfig, output_size, valid_input_size
-    from napari_unet.core.postprocess import probabilities_to_labels
+    from napari_unet.core.postprocess import close_gaps, probabilities_to_labels
+    from napari_unet.core.predictor import NetworkPredictor, Predictor, TestTimeAugmentation
     from napari_unet.core.preprocess import Normalization, normalize
     from napari_unet.core.pretrained import load_pretrained, pretrained_models
     from napari_unet.core.segment import PlaneDone, iter_segment
-    from napari_unet.core.tiling import (
-        TestTimeAugmentation,
-        TileProgress,
-        iter_predict_tiled,
-        predict_tiled,
-    )
-    from napari_unet.core.training import (
-        TrainConfig,
-        TrainProgress,
-        TrainResult,
-        iter_train,
-        train,
-    )
+    from napari_unet.core.segment_config import SegmentConfig
+    from napari_unet.core.tasks import detect_task, task_config
+    from napari_unet.core.tiling import TileProgress, iter_predict_tiled, predict_tiled, run_tiles
+    from napari_unet.core.train_config import TrainConfig
+    from napari_unet.core.training import TrainProgress, TrainResult, iter_train, train
     from napari_unet.core.weightmap import unet_weight_map
