@@ -251,3 +251,39 @@ def test_documented_normalization_recipe_matches_the_cli_pipeline(model_path):
     events = iter_segment(load_model(model_path), stack, device="cpu")
     expected = np.stack([e.probabilities for e in events if isinstance(e, PlaneDone)])
     np.testing.assert_allclose(prob, expected, atol=ATOL)
+
+
+@pytest.mark.parametrize("options", [{}, {"split": True, "min_size": 30, "expand": 1}])
+def test_label_dask_equals_whole_plane_labels(options):
+    """Lazy probabilities labelled plane by plane, block by block: whole-plane labels."""
+    from napari_unet.core.large_plane import label_dask
+    from napari_unet.core.postprocess import FILL_GAPS, probabilities_to_labels
+    from synthetic import image_of, threshold_unet, touching_disks
+
+    net = threshold_unet()
+    stack = np.stack(
+        [
+            net.normalization(image_of(touching_disks((120, 150), n=14, seed=s), seed=s))
+            for s in (1, 2)
+        ]
+    )
+    prob = predict_dask(net, da.from_array(stack, chunks=(1, 60, 75)), block_size=64)
+    out = zarr.create_array(
+        zarr.storage.MemoryStore(), shape=(2, 120, 150), chunks=(1, 64, 64), dtype="u4"
+    )
+    with dask.config.set(scheduler="threads", num_workers=2):
+        n = label_dask(prob, out, threshold=0.5, block=40, fill_gaps=FILL_GAPS, **options)
+    dense = prob.compute()
+    got, offset = out[:], 0
+    for p in range(2):
+        want = probabilities_to_labels(dense[p], threshold=0.5, fill_gaps=FILL_GAPS, **options)
+        pairs = np.unique(np.stack([got[p][got[p] > 0], want[want > 0]]), axis=1)
+        assert np.array_equal(got[p] > 0, want > 0)
+        assert (
+            pairs.shape[1] == len(np.unique(want[want > 0])) == len(np.unique(got[p][got[p] > 0]))
+        )
+        assert got[p][got[p] > 0].min() == offset + 1  # ids continue from plane to plane
+        offset += int(want.max())
+    assert n == offset == got.max()
+    with pytest.raises(ValueError, match="without the class axis"):
+        label_dask(prob, np.zeros((2, 120, 151), np.uint32))

@@ -52,6 +52,7 @@ _EXPORTS = {
     "NetworkPredictor": "predictor",
     "run_tiles": "tiling",
     "iter_segment_large": "large_plane",
+    "label_dask": "large_plane",
     "label_blocks": "blockwise",
     "PlaneLinker": "linking",
     "link_planes": "linking",
@@ -89,7 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.device import select_device
     from napari_unet.core.distributed import predict_dask
     from napari_unet.core.io import open_image
-    from napari_unet.core.large_plane import iter_segment_large
+    from napari_unet.core.large_plane import iter_segment_large, label_dask
     from napari_unet.core.linking import PlaneLinker, link_planes
     from napari_unet.core.losses import weighted_cross_entropy
     from napari_unet.core.metrics import foreground_iou, instance_scores, seg_score

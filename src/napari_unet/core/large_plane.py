@@ -30,7 +30,7 @@ from napari_unet.core.io import allocate_zeros, release_pages
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import FILL_GAPS, foreground_probability
 from napari_unet.core.predictor import Predictor, TestTimeAugmentation, as_predictor
-from napari_unet.core.progress import relay
+from napari_unet.core.progress import relay, run_to_end
 from napari_unet.core.segment_config import SegmentConfig
 from napari_unet.core.tiling import (
     as_channels_first,
@@ -47,6 +47,7 @@ __all__ = [
     "PlaneWritten",
     "iter_segment_large",
     "iter_write_large",
+    "label_dask",
     "plane_sample",
 ]
 
@@ -240,10 +241,7 @@ def iter_segment_large(
     n_blocks = 0 if mask_only else math.ceil(shape[0] / block) * math.ceil(shape[1] / block)
     total = n_tiles + n_blocks * (3 if split else 2)
 
-    def scratch(name: str, size: tuple[int, int], dtype: Any) -> Any:
-        return allocate_zeros(size, dtype, name=name, limit=SCRATCH_NUMPY_BYTES)
-
-    mask = None if mask_only else scratch("foreground", shape, np.uint8)
+    mask = None if mask_only else _scratch("foreground", shape, np.uint8)
     sink = _ForegroundSink(
         shape,
         predictor.n_classes,
@@ -272,7 +270,7 @@ def iter_segment_large(
         expand=expand,
         fill_gaps=fill_gaps,
         block=block,
-        scratch=scratch,
+        scratch=_scratch,
     )
     n_objects: int = yield from relay(
         labelling, lambda step: LargePlaneProgress(n_tiles + step.done, total, step.stage)
@@ -349,3 +347,86 @@ def iter_write_large(
         next_label += n_objects
         yield PlaneWritten(k, index, len(planes), n_objects)
     return next_label
+
+
+def label_dask(
+    probabilities: Any,
+    out: Any,
+    *,
+    threshold: float = 0.5,
+    min_size: int = SegmentConfig.min_size,
+    split: bool = SegmentConfig.split,
+    expand: int = SegmentConfig.expand,
+    fill_gaps: int = FILL_GAPS,
+    block: int | None = None,
+) -> int:
+    """Instance labels of lazy probabilities (e.g. :func:`~napari_unet.core.predict_dask`).
+
+    The foreground mask of each plane is computed by the dask scheduler (in
+    parallel, on a cluster if one is active) into a scratch array (on disk for
+    big planes); it is then labelled block by block here
+    (:func:`~napari_unet.core.blockwise.iter_label_blocks`), with memory
+    bounded by a few blocks, and written into ``out``. The labels equal
+    :func:`~napari_unet.core.postprocess.probabilities_to_labels` of each whole
+    plane (the same partition); ids are unique across the stack.
+
+    Parameters
+    ----------
+    probabilities : dask array of shape (..., n_classes, M, N)
+        Softmax probabilities (class 0 = background).
+    out : writable array-like of shape (..., M, N), uint32
+        Destination (zarr, numpy, memmap).
+    threshold, min_size, split, expand, fill_gaps
+        As in :func:`~napari_unet.core.postprocess.probabilities_to_labels`.
+    block : int, optional
+        Edge of the labelling blocks.
+
+    Returns
+    -------
+    n_objects : int
+        Cells written (ids ``1 .. n_objects``).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> prob = np.zeros((2, 40, 50), np.float32); prob[0] = 1
+    >>> prob[:, 5:15, 5:15] = [[[0]], [[1]]]
+    >>> out = np.zeros((40, 50), np.uint32)
+    >>> label_dask(da.from_array(prob, chunks=(2, 20, 25)), out, block=16)
+    1
+    """
+    import dask.array as da
+
+    shape = (int(probabilities.shape[-2]), int(probabilities.shape[-1]))
+    if len(probabilities.shape) < 3 or tuple(out.shape) != (*probabilities.shape[:-3], *shape):
+        raise ValueError(
+            f"`out` must have the probabilities' shape without the class axis, "
+            f"{(*probabilities.shape[:-3], *shape)}; got {tuple(out.shape)}"
+        )
+    background = da.asarray(probabilities)[..., 0, :, :].astype(np.float32)
+    mask = ((1.0 - background) > threshold).astype(np.uint8)
+    next_label = 1
+    for index in np.ndindex(*mask.shape[:-2]):
+        plane = _scratch("foreground", shape, np.uint8)
+        da.store(mask[index], plane, lock=True)
+
+        def write(rows: slice, cols: slice, labels: np.ndarray, at: tuple = index) -> None:
+            out[(*at, rows, cols)] = labels
+
+        next_label += run_to_end(
+            iter_label_blocks(
+                plane,
+                _OffsetLabels(shape, next_label, write),
+                min_size=min_size,
+                split=split,
+                expand=expand,
+                fill_gaps=fill_gaps,
+                block=DEFAULT_BLOCK if block is None else block,
+                scratch=_scratch,
+            )
+        )
+    return next_label - 1
+
+
+def _scratch(name: str, size: tuple[int, int], dtype: Any) -> Any:
+    return allocate_zeros(size, dtype, name=name, limit=SCRATCH_NUMPY_BYTES)
