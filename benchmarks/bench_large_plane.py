@@ -32,32 +32,44 @@ sys.path.insert(0, str(Path(__file__).parent))
 from bench_large_stack import MB, run_measured
 
 
+def _band(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    """Smooth blobs, uint8."""
+    from scipy import ndimage
+
+    low = ndimage.gaussian_filter(rng.random((rows // 8 + 2, cols // 8 + 2)), 1.5)
+    up = np.kron(low, np.ones((8, 8)))[:rows, :cols]
+    return np.clip((up - 0.5) * 2000 + 128, 0, 255).astype(np.uint8)
+
+
 def write_plane(path: Path | str, size: int | str, seed: int = 0) -> None:
     """An uncompressed uint8 plane of smooth blobs, written band by band (bounded memory)."""
     import tifffile
-    from scipy import ndimage
 
     size = int(size)
     plane = tifffile.memmap(path, shape=(size, size), dtype=np.uint8, photometric="minisblack")
     rng = np.random.default_rng(seed)
     band = 1024
     for y in range(0, size, band):
-        h = min(band, size - y)
-        low = ndimage.gaussian_filter(rng.random((h // 8 + 2, size // 8 + 2)), 1.5)
-        up = np.kron(low, np.ones((8, 8)))[:h, :size]
-        plane[y : y + h] = np.clip((up - 0.5) * 2000 + 128, 0, 255).astype(np.uint8)
+        plane[y : y + band] = _band(rng, min(band, size - y), size)
     plane.flush()
     del plane
 
 
 def tiny_model(path: Path | str) -> Path:
+    """A depth-2, 1-channel U-Net biased so that about 40 % of the blobs' pixels are cells."""
     import torch
 
     from napari_unet.core.checkpoint import save_model
     from napari_unet.core.model import UNet
 
     torch.manual_seed(0)
-    return save_model(path, UNet(base_channels=1, depth=2).eval())
+    net = UNet(base_channels=1, depth=2).eval()
+    sample = net.normalization(_band(np.random.default_rng(1), 300, 300))
+    with torch.inference_mode():
+        logits = net(torch.from_numpy(sample)[None, None])[0]
+    with torch.no_grad():
+        net.head.bias[1] -= float(torch.quantile((logits[1] - logits[0]).flatten(), 0.6))
+    return save_model(path, net)
 
 
 def _in_child(call: str, *args: object) -> None:
@@ -93,6 +105,49 @@ def bench_planes(sizes: list[int], work: Path) -> None:
         )
         image.unlink()
         out.unlink(missing_ok=True)
+
+
+_DASK = r"""
+import json, resource, sys, time
+import dask.array as da, numpy as np, tifffile, zarr
+from distributed import Client, LocalCluster
+from napari_unet.core import label_dask, load_model, normalize, predict_dask
+image_path, model_path, out_path = sys.argv[1:4]
+norm = load_model(model_path).normalization
+with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
+        Client(cluster) as client:
+    start = time.perf_counter()
+    image = tifffile.memmap(image_path, mode="r")
+    # normalization limits from a grid sample (as the CLI), applied block by block
+    limits = norm.limits(np.asarray(image[::4, ::4]))
+    x = da.from_array(image, chunks=(2048, 2048)).map_blocks(
+        norm.apply, limits, dtype=np.float32)
+    prob = predict_dask(model_path, x, block_size=2048)
+    out = zarr.create_array(out_path, shape=image.shape, chunks=(2048, 2048), dtype="u4")
+    n = label_dask(prob, out, threshold=0.5)
+    seconds = time.perf_counter() - start
+    workers = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(json.dumps({"seconds": seconds, "cells": n,
+                  "worker_maxrss": max(workers.values()) * 1024}))
+"""
+
+
+def bench_dask(size: int, work: Path) -> None:
+    """predict_dask + label_dask on a LocalCluster of 2 single-thread workers."""
+    import json
+
+    model, image = work / "tiny.pt", work / "plane.tif"
+    _in_child("tiny_model", model)
+    _in_child("write_plane", image, size)
+    r = run_measured([sys.executable, "-c", _DASK, str(image), str(model), str(work / "l.zarr")])
+    result = json.loads(r["stdout"].strip().splitlines()[-1])
+    pixels = size * size
+    print(f"\n## predict_dask + label_dask, one {size} x {size} plane, LocalCluster of 2 workers")
+    print(
+        f"{result['seconds']:.1f} s ({pixels / 1e6 / result['seconds']:.2f} MP/s), "
+        f"{result['cells']} cells; peak RSS: client {r['maxrss'] / MB:.0f} MB, each worker "
+        f"<= {result['worker_maxrss'] / MB:.0f} MB"
+    )
 
 
 def bench_linking(n_planes: int = 20, size: int = 2048, n_disks: int = 1500) -> None:
@@ -147,13 +202,17 @@ def _kept(truth: list[np.ndarray], linked: list[np.ndarray], n_disks: int) -> in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 16384, 32768, 65536])
+    parser.add_argument("--sizes", type=int, nargs="*", default=[4096, 16384, 32768, 65536])
     parser.add_argument("--no-linking", action="store_true")
+    parser.add_argument("--dask", type=int, metavar="N", help="also predict_dask + label_dask")
     args = parser.parse_args()
     out = Path(__file__).parent / "_out"  # git-ignored, on the disk the outputs go to
     out.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out) as folder:
-        bench_planes(args.sizes, Path(folder))
+        if args.sizes:
+            bench_planes(args.sizes, Path(folder))
+        if args.dask:
+            bench_dask(args.dask, Path(folder))
     if not args.no_linking:
         bench_linking()
 
