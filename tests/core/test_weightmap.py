@@ -201,6 +201,7 @@ def test_integer_valued_float_labels_are_accepted() -> None:
         (np.array([[0.0, 1.5]]), {}, "labels"),
         (np.array([[0.0, np.nan]]), {}, "labels"),
         (np.array([[0, -1]]), {}, "labels"),
+        (np.array([[9.223372e18]], np.float32), {}, "below 2\\*\\*53"),  # found by Hypothesis
         (np.array([0, 1, 2]), {}, "labels"),
         (np.array([["a", "b"]]), {}, "labels"),
         (np.zeros((4, 5), int), {"mask": np.ones((5, 4), bool)}, "mask"),

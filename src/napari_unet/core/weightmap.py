@@ -197,6 +197,10 @@ def _as_labels(labels: ArrayLike) -> np.ndarray:
     if np.issubdtype(labels.dtype, np.floating):
         if not np.all(np.isfinite(labels) & (labels == np.round(labels))):
             raise ValueError("`labels` must hold integer values, got non-integer floats")
+        if labels.size and np.abs(labels).max() > 2**53:  # floats are exact integers below
+            raise ValueError(
+                f"`labels` ids must be below 2**53 in a float array, got {np.abs(labels).max():g}"
+            )
         labels = labels.astype(np.int64)
     elif not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"`labels` must be an integer or bool array, got dtype {labels.dtype}")
