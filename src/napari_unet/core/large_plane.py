@@ -24,7 +24,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from napari_unet.core.blockwise import DEFAULT_BLOCK, iter_label_blocks
+from napari_unet.core.blockwise import DEFAULT_BLOCK, BlockProgress, iter_label_blocks
 from napari_unet.core.device import select_device
 from napari_unet.core.io import allocate_zeros, release_pages
 from napari_unet.core.model import UNet
@@ -262,15 +262,8 @@ def iter_segment_large(
         yield LargePlaneProgress(event.done, total, "tiles", event.message)
     if mask_only:
         return 0
-    labelling = iter_label_blocks(
-        mask,
-        _OffsetLabels(shape, first_label, write_labels),
-        min_size=min_size,
-        split=split,
-        expand=expand,
-        fill_gaps=fill_gaps,
-        block=block,
-        scratch=_scratch,
+    labelling = _label_mask(
+        mask, shape, first_label, write_labels, block, min_size, split, expand, fill_gaps
     )
     n_objects: int = yield from relay(
         labelling, lambda step: LargePlaneProgress(n_tiles + step.done, total, step.stage)
@@ -414,18 +407,33 @@ def label_dask(
             out[(*at, rows, cols)] = labels
 
         next_label += run_to_end(
-            iter_label_blocks(
-                plane,
-                _OffsetLabels(shape, next_label, write),
-                min_size=min_size,
-                split=split,
-                expand=expand,
-                fill_gaps=fill_gaps,
-                block=DEFAULT_BLOCK if block is None else block,
-                scratch=_scratch,
-            )
+            _label_mask(plane, shape, next_label, write, block, min_size, split, expand, fill_gaps)
         )
     return next_label - 1
+
+
+def _label_mask(
+    mask: Any,
+    shape: tuple[int, int],
+    first_label: int,
+    write: BlockWriter,
+    block: int | None,
+    min_size: int,
+    split: bool,
+    expand: int,
+    fill_gaps: int,
+) -> Generator[BlockProgress, None, int]:
+    """Label a plane's foreground mask block by block, ids from ``first_label``, into ``write``."""
+    return iter_label_blocks(
+        mask,
+        _OffsetLabels(shape, first_label, write),
+        min_size=min_size,
+        split=split,
+        expand=expand,
+        fill_gaps=fill_gaps,
+        block=DEFAULT_BLOCK if block is None else block,
+        scratch=_scratch,
+    )
 
 
 def _scratch(name: str, size: tuple[int, int], dtype: Any) -> Any:
