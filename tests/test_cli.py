@@ -497,3 +497,69 @@ def test_predict_link_min_planes_removes_short_objects(tmp_path, disk_stack, cap
     assert long[2, y, x] == 0  # the one-plane object is gone, the others stay
     assert np.array_equal(long > 0, (every > 0) & (every != square))
     assert len(np.unique(long[long > 0])) == long.max()
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_predict_uncertainty_is_the_map_of_the_same_probabilities(
+    tmp_path, model_file, capsys, monkeypatch, suffix
+):
+    import napari_unet.core.predictor as predictor
+    from napari_unet.core.io import open_image
+    from napari_unet.core.uncertainty import uncertainty_map
+
+    calls = []
+    forward = predictor.forward
+
+    def counting(net, batch, device):
+        calls.append(len(batch))
+        return forward(net, batch, device)
+
+    monkeypatch.setattr(predictor, "forward", counting)
+    stack = np.random.default_rng(4).integers(0, 255, (2, 40, 50), np.uint8)
+    tifffile.imwrite(tmp_path / "stack.tif", stack)
+    argv = ["predict", model_file, tmp_path / "stack.tif", "--device", "cpu"]
+    code, err = run([*argv, tmp_path / "plain.tif"], capsys)
+    assert code == 0, err
+    plain_calls, calls[:] = sum(calls), []
+    out, prob, unc = tmp_path / "l.tif", tmp_path / f"p{suffix}", tmp_path / f"u{suffix}"
+    code, err = run([*argv, out, "--probabilities", prob, "--uncertainty", unc], capsys)
+    assert code == 0, err
+    assert sum(calls) == plain_calls  # no second network pass
+    u = np.asarray(open_image(unc)[:])
+    assert u.dtype == np.float32 and u.shape == (2, 40, 50)
+    assert 0 <= u.min() and u.max() <= 1 and u.max() > 0.1
+    np.testing.assert_array_equal(u, uncertainty_map(np.asarray(open_image(prob)[:])))
+    np.testing.assert_array_equal(tifffile.imread(out), tifffile.imread(tmp_path / "plain.tif"))
+
+
+def test_predict_uncertainty_bad_uses(tmp_path, model_file, capsys, monkeypatch):
+    import napari_unet.core.large_plane as large_plane
+
+    image = tmp_path / "img.tif"
+    tifffile.imwrite(image, np.zeros((40, 40), np.uint8))
+    (tmp_path / "exists.tif").write_bytes(b"x")
+    out = tmp_path / "o.tif"
+    cases = [
+        ([out, "--uncertainty", out], "--uncertainty must differ"),
+        (
+            [out, "--probabilities", tmp_path / "p.tif", "--uncertainty", tmp_path / "p.tif"],
+            "must differ",
+        ),
+        ([out, "--uncertainty", tmp_path / "u.png"], ".tif"),
+        ([out, "--uncertainty", tmp_path / "exists.tif"], "exists"),
+    ]
+    for argv, message in cases:
+        code, err = run(["predict", model_file, image, *argv, "--device", "cpu"], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (argv, err)
+    monkeypatch.setattr(large_plane, "STREAM_PIXELS", 1000)
+    code, err = run(
+        ["predict", model_file, image, out, "--uncertainty", tmp_path / "u.tif"], capsys
+    )
+    assert code == 2 and "--uncertainty is not supported for planes of more than 1000" in err
+    assert not out.exists() and not (tmp_path / "u.tif").exists()
+    assert (tmp_path / "exists.tif").read_bytes() == b"x"
+    from napari_unet.cli import build_parser
+
+    predict = build_parser()._subparsers._group_actions[0].choices["predict"]
+    helps = {a.dest: a.help for a in predict._actions}
+    assert "uncertainty map" in helps["uncertainty"] and "entropy" in helps["uncertainty"]

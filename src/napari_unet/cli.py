@@ -150,12 +150,18 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from napari_unet.core.large_plane import STREAM_PIXELS, PlaneWritten, iter_write_large
     from napari_unet.core.segment import PlaneDone, iter_segment
     from napari_unet.core.tiling import as_channels_first
+    from napari_unet.core.uncertainty import uncertainty_map
 
     check_output_path(args.output, overwrite=args.overwrite)
     if args.probabilities:
         check_output_path(args.probabilities, overwrite=args.overwrite)
         if Path(args.probabilities).resolve() == Path(args.output).resolve():
             raise ValueError("--probabilities must differ from OUTPUT")
+    if args.uncertainty:
+        check_output_path(args.uncertainty, overwrite=args.overwrite)
+        others = [args.output, *([args.probabilities] if args.probabilities else [])]
+        if any(Path(args.uncertainty).resolve() == Path(o).resolve() for o in others):
+            raise ValueError("--uncertainty must differ from OUTPUT and --probabilities")
     model = load_model(args.model)
     image = _read_input(args, args.input, model.in_channels)
     _, lead, _ = as_channels_first(image, model.in_channels)
@@ -180,6 +186,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             f"--diameter is not supported for planes of more than {STREAM_PIXELS} pixels "
             f"(INPUT planes are {shape[-2]} x {shape[-1]}): rescale the image instead"
         )
+    if large and args.uncertainty:
+        raise ValueError(
+            f"--uncertainty is not supported for planes of more than {STREAM_PIXELS} pixels "
+            f"(INPUT planes are {shape[-2]} x {shape[-1]}): use --probabilities and "
+            "napari_unet.core.uncertainty_map on crops instead"
+        )
     with ExitStack() as stack:
         labels_out = stack.enter_context(
             PlaneWriter(
@@ -196,6 +208,11 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                     plane_ndim=3,
                     overwrite=args.overwrite,
                 )
+            )
+        uncertainty_out = None
+        if args.uncertainty:  # from the same probabilities as the labels: no second pass
+            uncertainty_out = stack.enter_context(
+                PlaneWriter(args.uncertainty, shape, np.float32, overwrite=args.overwrite)
             )
         bar = stack.enter_context(_progress(0, "predict", "step"))
         stop = stack.enter_context(_StopOnSignal())
@@ -214,6 +231,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
                         labels_out.write(event.labels)
                         if prob_out is not None:
                             prob_out.write(event.probabilities)
+                        if uncertainty_out is not None:
+                            uncertainty_out.write(uncertainty_map(event.probabilities))
                     cells += event.n_objects
                     # no refresh of its own: a bar shown before its delay would not end
                     # its line when closed, and an error message would follow on it
@@ -235,6 +254,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             kept = labels_out.close(keep=True)
             if prob_out is not None:
                 prob_out.close(keep=True)
+            if uncertainty_out is not None:
+                uncertainty_out.close(keep=True)
             bar.close()
             untouched = f"; {args.output} is untouched" if Path(args.output).exists() else ""
             print(
@@ -571,6 +592,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", metavar="INPUT", help="image: .tif/.tiff or .zarr")
     p.add_argument("output", metavar="OUTPUT", help="labels: .tif/.tiff or .zarr")
     p.add_argument("--probabilities", metavar="PROB", help="also write class probabilities here")
+    p.add_argument(
+        "--uncertainty",
+        metavar="UNC",
+        help="also write a per-pixel uncertainty map here (float32 in [0, 1], one plane per "
+        "labels plane, from the same probabilities as the labels): the normalised entropy of "
+        "the foreground probability, 1 where it is 0.5, 0 where it is 0 or 1; with --tta it "
+        "also rises where the 8 views disagree. High values mark where annotating helps most "
+        "(napari_unet.core.next_region finds the most uncertain unannotated window). Not for "
+        "planes above 2048 x 2048 pixels",
+    )
     p.add_argument(
         "--tile-size", type=int, help="input tile edge in pixels (default: from memory)"
     )

@@ -100,3 +100,56 @@ def test_empty_and_full_planes():
 def test_bad_input(mask, out, kwargs, match):
     with pytest.raises(ValueError, match=match):
         label_blocks(mask, out, **kwargs)
+
+
+@pytest.mark.parametrize("block", [37, 128])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"min_size": 16},
+        {"min_size": 30, "split": True, "expand": 1, "fill_gaps": 1},
+    ],
+)
+def test_dask_tasks_equal_whole_plane_labels(block, options, tmp_path):
+    """The passes as dask tasks (threads here; processes in test_distributed.py)."""
+    import dask
+    import dask.array as da
+
+    from napari_unet.core.blockwise import label_blocks_dask
+
+    mask = blob_mask(3)
+    whole = probabilities_to_labels(mask.astype(np.float32), threshold=0.5, **options)
+    out = np.zeros(mask.shape, np.uint32)
+    with dask.config.set(scheduler="threads", num_workers=2):
+        lazy = da.from_array(mask, chunks=(100, 90))  # rechunked to the blocks
+        n = label_blocks_dask(lazy, out, block=block, scratch=tmp_path, batch=3, **options)
+    assert same_partition(out, whole)
+    assert n == whole.max()
+    assert list(tmp_path.iterdir()) == []  # the scratch folder is removed
+
+
+def test_split_waves_never_share_a_chunk():
+    from napari_unet.core.blockwise import _waves
+
+    rng = np.random.default_rng(0)
+    windows = {}
+    for k in range(60):
+        r, c = rng.integers(0, 500, 2)
+        h, w = rng.integers(1, 150, 2)
+        windows[k] = (slice(int(r), int(r + h)), slice(int(c), int(c + w)))
+    waves = _waves(windows, 64)
+    assert sorted(k for wave in waves for k in wave) == list(range(60))
+
+    def chunks(win):
+        rows, cols = win
+        return {
+            (i, j)
+            for i in range(rows.start // 64, (rows.stop - 1) // 64 + 1)
+            for j in range(cols.start // 64, (cols.stop - 1) // 64 + 1)
+        }
+
+    for wave in waves:
+        seen = set()
+        for k in wave:
+            assert not seen & chunks(windows[k])
+            seen |= chunks(windows[k])

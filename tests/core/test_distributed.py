@@ -287,3 +287,31 @@ def test_label_dask_equals_whole_plane_labels(options):
     assert n == offset == got.max()
     with pytest.raises(ValueError, match="without the class axis"):
         label_dask(prob, np.zeros((2, 120, 151), np.uint32))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [{"expand": 1}, {"split": True, "min_size": 30}])
+def test_label_dask_on_a_cluster_of_processes_equals_whole_plane_labels(options):
+    """Workers are other processes: labels must not be written into copies of a scratch."""
+    distributed = pytest.importorskip("distributed")
+    from napari_unet.core.large_plane import label_dask
+    from napari_unet.core.postprocess import FILL_GAPS, probabilities_to_labels
+    from synthetic import image_of, threshold_unet, touching_disks
+
+    net = threshold_unet()
+    image = net.normalization(image_of(touching_disks((130, 170), n=16, seed=3), seed=3))
+    prob = predict_dask(net, da.from_array(image[None], chunks=(1, 65, 85)), block_size=64)
+    out = np.zeros((1, 130, 170), np.uint32)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        n = label_dask(prob, out, block=48, **options)
+    want = probabilities_to_labels(prob.compute()[0], fill_gaps=FILL_GAPS, **options)
+    assert n == want.max() > 5
+    got = out[0]
+    pairs = np.unique(np.stack([got[got > 0], want[want > 0]]), axis=1)
+    assert np.array_equal(got > 0, want > 0)
+    assert pairs.shape[1] == want.max() == len(np.unique(got[got > 0]))

@@ -54,11 +54,27 @@ _EXPORTS = {
     "iter_segment_large": "large_plane",
     "label_dask": "large_plane",
     "label_blocks": "blockwise",
+    "label_blocks_dask": "blockwise",
     "PlaneLinker": "linking",
     "link_planes": "linking",
     "training_crops": "annotations",
     "Rectangle": "annotations",
     "Annotation": "annotations",
+    "uncertainty_map": "uncertainty",
+    "next_region": "uncertainty",
+    "SuggestedRegion": "uncertainty",
+    "AnnotationSummary": "versions",
+    "HeldOut": "versions",
+    "HeldOutScores": "versions",
+    "ModelVersion": "versions",
+    "UnknownVersionError": "versions",
+    "VersionError": "versions",
+    "VersionStore": "versions",
+    "held_out_set": "versions",
+    "score_versions": "versions",
+    "summarize_annotations": "versions",
+    "training_scores": "versions",
+    "versions_folder": "versions",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -80,7 +96,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.annotations import Annotation, Rectangle, training_crops
     from napari_unet.core.augment import augment_sample, elastic_deform
-    from napari_unet.core.blockwise import label_blocks
+    from napari_unet.core.blockwise import label_blocks, label_blocks_dask
     from napari_unet.core.checkpoint import (
         ModelFileError,
         load_model,
@@ -105,4 +121,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.tiling import TileProgress, iter_predict_tiled, predict_tiled, run_tiles
     from napari_unet.core.train_config import TrainConfig
     from napari_unet.core.training import TrainProgress, TrainResult, iter_train, train
+    from napari_unet.core.uncertainty import SuggestedRegion, next_region, uncertainty_map
+    from napari_unet.core.versions import (
+        AnnotationSummary,
+        HeldOut,
+        HeldOutScores,
+        ModelVersion,
+        UnknownVersionError,
+        VersionError,
+        VersionStore,
+        held_out_set,
+        score_versions,
+        summarize_annotations,
+        training_scores,
+        versions_folder,
+    )
     from napari_unet.core.weightmap import unet_weight_map

@@ -24,8 +24,12 @@ for numpy, on disk for a zarr group.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,10 +41,19 @@ from skimage.segmentation import expand_labels
 from napari_unet.core.postprocess import close_gaps, split_touching
 from napari_unet.core.progress import run_to_end
 
-__all__ = ["DEFAULT_BLOCK", "BlockProgress", "iter_label_blocks", "label_blocks"]
+__all__ = [
+    "DEFAULT_BLOCK",
+    "LABEL_BATCH",
+    "BlockProgress",
+    "iter_label_blocks",
+    "label_blocks",
+    "label_blocks_dask",
+]
 
 #: Edge of the blocks labelled at once (pixels).
 DEFAULT_BLOCK = 1024
+#: Finished blocks that :func:`label_blocks_dask` computes at once.
+LABEL_BATCH = 16
 
 Window = tuple[slice, slice]
 #: Makes a scratch array: (name, shape, dtype) -> writable 2D array filled with 0.
@@ -54,6 +67,10 @@ class BlockProgress:
     done: int
     total: int
     stage: str
+
+
+def _grid(shape: tuple[int, int], block: int) -> tuple[int, int]:
+    return -(-shape[0] // block), -(-shape[1] // block)
 
 
 def _blocks(shape: tuple[int, int], block: int) -> list[Window]:
@@ -91,46 +108,177 @@ def _label_block(block: np.ndarray, min_size: int) -> tuple[np.ndarray, int, np.
     return local, n, area[1:]
 
 
-def _components(
-    mask: Any, ids: Any, blocks: list[Window], total: int, min_size: int
-) -> Generator[BlockProgress, None, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Label the blocks of ``mask`` into ``ids`` and join components across block borders.
+@dataclass(frozen=True)
+class _Summary:
+    """One block's components: their count, areas, boxes and ids on the block's edges."""
 
-    Returns, over the provisional ids, the component of each (``lut``, 0 for
-    background), and per component its area and bounding box
-    (row start, row stop, column start, column stop).
+    n: int
+    area: np.ndarray
+    boxes: np.ndarray  # (n, 4) plane coordinates: row start, row stop, column start, stop
+    edges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # top, bottom, left, right
+
+
+def _summarise(mask_block: Any, ids: Any, window: Window, min_size: int) -> _Summary:
+    """Label one block of the mask into ``ids`` (block-local ids) and summarise it."""
+    local, n, area = _label_block(np.asarray(mask_block), min_size)
+    rows, cols = window
+    box = [(r.start, r.stop, c.start, c.stop) for r, c in ndi.find_objects(local)]
+    origin = np.array([rows.start, rows.start, cols.start, cols.start])
+    ids[window] = local.astype(np.uint32, copy=False)
+    edges = (local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
+    return _Summary(n, area, np.array(box, np.int64).reshape(-1, 4) + origin, edges)
+
+
+class _Components:
+    """The plane's components, joined across block borders from the blocks' summaries.
+
+    A pixel's provisional id is its block-local id plus the block's offset;
+    ``lut`` maps provisional ids to component + 1 (0: background).
     """
-    offset = 0
-    areas: list[np.ndarray] = []
-    boxes: list[np.ndarray] = []
-    joins: list[np.ndarray] = []
-    for k, (rows, cols) in enumerate(blocks):
-        local, n, area = _label_block(np.asarray(mask[rows, cols]), min_size)
-        areas.append(area)
-        box = [(r.start, r.stop, c.start, c.stop) for r, c in ndi.find_objects(local)]
-        origin = np.array([rows.start, rows.start, cols.start, cols.start])
-        boxes.append(np.array(box, np.int64).reshape(-1, 4) + origin)
-        lab = np.where(local > 0, local + offset, 0).astype(np.uint32)
-        ids[rows, cols] = lab
-        # foreground pixels facing each other across the top and the left border
-        if rows.start > 0:
-            joins.append(np.stack([np.asarray(ids[rows.start - 1, cols]), lab[0]]))
-        if cols.start > 0:
-            joins.append(np.stack([np.asarray(ids[rows, cols.start - 1]), lab[:, 0]]))
-        offset += n
-        yield BlockProgress(k + 1, total, "components")
-    pairs = np.concatenate(joins, axis=1).astype(np.int64) if joins else np.zeros((2, 0), int)
-    pairs = pairs[:, (pairs[0] > 0) & (pairs[1] > 0)] - 1
-    graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(offset, offset))
-    n_comp, comp = connected_components(graph, directed=False)
-    lut = np.concatenate([[0], comp + 1]).astype(np.int64)
-    area = np.bincount(comp, weights=np.concatenate(areas), minlength=n_comp).astype(np.int64)
-    corners = np.concatenate(boxes)
-    merged = np.zeros((n_comp, 4), np.int64)
-    merged[:, [0, 2]] = np.iinfo(np.int64).max
-    for col, reduce in ((0, np.minimum), (1, np.maximum), (2, np.minimum), (3, np.maximum)):
-        reduce.at(merged[:, col], comp, corners[:, col])
-    return lut, area, merged
+
+    def __init__(self, summaries: list[_Summary], grid: tuple[int, int], block: int) -> None:
+        counts = np.array([s.n for s in summaries], np.int64)
+        self.block = block
+        self.offsets = (np.cumsum(counts) - counts).reshape(grid)
+        total = int(counts.sum())
+        joins = []
+        for k, s in enumerate(summaries):
+            # foreground pixels facing each other across the top and the left border
+            if k >= grid[1]:
+                up = k - grid[1]
+                joins.append(self._pair(summaries[up].edges[1], s.edges[0], up, k))
+            if k % grid[1]:
+                joins.append(self._pair(summaries[k - 1].edges[3], s.edges[2], k - 1, k))
+        pairs = np.concatenate(joins, axis=1) if joins else np.zeros((2, 0), np.int64)
+        graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(total, total))
+        n_comp, comp = connected_components(graph, directed=False)
+        self.lut = np.concatenate([[0], comp + 1]).astype(np.int64)
+        areas = np.concatenate([s.area for s in summaries]) if total else np.zeros(0)
+        self.area = np.bincount(comp, weights=areas, minlength=n_comp).astype(np.int64)
+        corners = np.concatenate([s.boxes for s in summaries])
+        self.boxes = np.zeros((n_comp, 4), np.int64)
+        self.boxes[:, [0, 2]] = np.iinfo(np.int64).max
+        for col, reduce in ((0, np.minimum), (1, np.maximum), (2, np.minimum), (3, np.maximum)):
+            reduce.at(self.boxes[:, col], comp, corners[:, col])
+
+    def _pair(self, a: np.ndarray, b: np.ndarray, ka: int, kb: int) -> np.ndarray:
+        """Provisional ids (from 0) of the foreground pixel pairs ``a``-``b`` of blocks ka, kb."""
+        both = (a > 0) & (b > 0)
+        flat = self.offsets.ravel()
+        return np.stack([a[both] + flat[ka] - 1, b[both] + flat[kb] - 1]).astype(np.int64)
+
+    def read(self, ids: Any, window: Window) -> np.ndarray:
+        """Component + 1 of every pixel of ``window`` (0: background)."""
+        local = np.asarray(ids[window]).astype(np.int64)
+        rows = np.arange(window[0].start, window[0].stop) // self.block
+        cols = np.arange(window[1].start, window[1].stop) // self.block
+        return self.lut[np.where(local > 0, local + self.offsets[np.ix_(rows, cols)], 0)]
+
+
+@dataclass(frozen=True)
+class _Relabel:
+    """Final ids from component + 1 (and, with ``split``, the pieces of each owner's objects)."""
+
+    base: np.ndarray  # per component + 1: its id, or (split) the id before its owner's pieces
+    split: bool
+    n_objects: int
+
+    def __call__(self, comp: np.ndarray, pieces: np.ndarray | None) -> np.ndarray:
+        if pieces is None:
+            return self.base[comp]
+        return np.where(pieces > 0, self.base[comp] + pieces, 0)
+
+
+def _kept_ids(comps: _Components, min_size: int) -> _Relabel:
+    kept = comps.area >= min_size
+    base = np.zeros(len(kept) + 1, np.int64)
+    base[1:][kept] = np.arange(1, int(kept.sum()) + 1)
+    return _Relabel(base, False, int(kept.sum()))
+
+
+def _owners(comps: _Components, blocks: list[Window], min_size: int) -> list[np.ndarray]:
+    """The kept components each block owns (their box starts in it)."""
+    kept, boxes = comps.area >= min_size, comps.boxes
+    return [
+        np.flatnonzero(
+            kept
+            & (boxes[:, 0] >= r.start)
+            & (boxes[:, 0] < r.stop)
+            & (boxes[:, 2] >= c.start)
+            & (boxes[:, 2] < c.stop)
+        )
+        for r, c in blocks
+    ]
+
+
+def _owner_window(comps: _Components, owned: np.ndarray, shape: tuple[int, int]) -> Window:
+    """The owned objects' boxes and the background ring around them (for distances)."""
+    boxes = comps.boxes[owned]
+    r0, r1 = max(int(boxes[:, 0].min()) - 1, 0), min(int(boxes[:, 1].max()) + 1, shape[0])
+    c0, c1 = max(int(boxes[:, 2].min()) - 1, 0), min(int(boxes[:, 3].max()) + 1, shape[1])
+    return slice(r0, r1), slice(c0, c1)
+
+
+def _split_owned(
+    ids: Any, source: Any, comps: _Components, owned: np.ndarray, window: Window, min_distance: int
+) -> int:
+    """Split one block's objects whole into ``source`` (pieces 1..k); returns k."""
+    comp = comps.read(ids, window)
+    mine = np.isin(comp, owned + 1)
+    origin = (window[0].start, window[1].start)
+    pieces = split_touching(np.where(mine, comp, 0), min_distance, origin)
+    source[window] = np.where(mine, pieces, np.asarray(source[window])).astype(np.uint32)
+    return int(pieces.max())
+
+
+def _piece_ids(comps: _Components, owners: list[np.ndarray], counts: list[int]) -> _Relabel:
+    starts = np.cumsum(counts) - np.asarray(counts, np.int64)
+    base = np.zeros(len(comps.area) + 1, np.int64)
+    for owned, start in zip(owners, starts, strict=True):
+        base[owned + 1] = start
+    return _Relabel(base, True, int(np.sum(counts)))
+
+
+def _grown_block(
+    ids: Any,
+    source: Any,
+    comps: _Components,
+    relabel: _Relabel,
+    window: Window,
+    shape: tuple[int, int],
+    expand: int,
+    fill_gaps: int,
+) -> np.ndarray:
+    """The final labels of one block, grown with a halo of the growing's reach."""
+    # growing reads this far: expand, then the gaps between the grown cells
+    reach = expand + (2 * (fill_gaps + 1) if fill_gaps else 0)
+    reach += 1 if reach else 0
+    rows, cols = window
+    grown = (
+        slice(max(rows.start - reach, 0), min(rows.stop + reach, shape[0])),
+        slice(max(cols.start - reach, 0), min(cols.stop + reach, shape[1])),
+    )
+    lab = relabel(comps.read(ids, grown), None if source is None else np.asarray(source[grown]))
+    if expand:
+        lab = expand_labels(lab, expand)
+    lab = close_gaps(lab, fill_gaps)
+    core = (
+        slice(rows.start - grown[0].start, rows.stop - grown[0].start),
+        slice(cols.start - grown[1].start, cols.stop - grown[1].start),
+    )
+    return lab[core].astype(np.uint32, copy=False)
+
+
+def _check(mask: Any, out: Any, block: int) -> tuple[int, int]:
+    shape = (int(mask.shape[0]), int(mask.shape[1]))
+    if len(mask.shape) != 2 or tuple(out.shape) != shape:
+        raise ValueError(
+            f"`mask` must be 2D and `out` of its shape, got {tuple(mask.shape)} and "
+            f"{tuple(out.shape)}"
+        )
+    if int(block) != block or block < 1:
+        raise ValueError(f"`block` must be a positive integer, got {block!r}")
+    return shape
 
 
 def iter_label_blocks(
@@ -179,79 +327,164 @@ def iter_label_blocks(
     >>> label_blocks(mask, out, min_size=1, block=4), int(out.max())
     (1, 1)
     """
-    shape = (int(mask.shape[0]), int(mask.shape[1]))
-    if len(mask.shape) != 2 or tuple(out.shape) != shape:
-        raise ValueError(
-            f"`mask` must be 2D and `out` of its shape, got {tuple(mask.shape)} and "
-            f"{tuple(out.shape)}"
-        )
-    if int(block) != block or block < 1:
-        raise ValueError(f"`block` must be a positive integer, got {block!r}")
+    shape = _check(mask, out, block)
     make = scratch or _numpy_scratch
     blocks = _blocks(shape, int(block))
-    # growing reads this far: expand, then the gaps between the grown cells
-    reach = expand + (2 * (fill_gaps + 1) if fill_gaps else 0)
-    reach += 1 if reach else 0
     total = len(blocks) * (3 if split else 2)
     ids = make("components", shape, np.uint32)
-    lut, area, boxes = yield from _components(mask, ids, blocks, total, min_size)
+    summaries = []
+    for k, window in enumerate(blocks):
+        summaries.append(_summarise(mask[window], ids, window, min_size))
+        yield BlockProgress(k + 1, total, "components")
+    comps = _Components(summaries, _grid(shape, int(block)), int(block))
     done = len(blocks)
-    kept = area >= min_size
-    # final ids: sequential over the kept components (split: their pieces)
-    final = np.zeros(len(area) + 1, np.uint32)
-    if not split:
-        final[1:][kept] = np.arange(1, int(kept.sum()) + 1, dtype=np.uint32)
-        source, lookup = ids, final[lut]
-        n_objects = int(kept.sum())
-    else:
-        source, lookup = make("objects", shape, np.uint32), None
-        n_objects = 0
-        owner = [
-            np.flatnonzero(
-                kept
-                & (boxes[:, 0] >= r.start)
-                & (boxes[:, 0] < r.stop)
-                & (boxes[:, 2] >= c.start)
-                & (boxes[:, 2] < c.stop)
-            )
-            for r, c in blocks
-        ]
-        for owned in owner:
+    source = None
+    relabel = _kept_ids(comps, min_size)
+    if split:
+        source = make("objects", shape, np.uint32)
+        owners = _owners(comps, blocks, min_size)
+        counts = []
+        for owned in owners:
             if owned.size:
-                # the objects' boxes and the background ring around them (distances)
-                r0, r1 = int(boxes[owned, 0].min()) - 1, int(boxes[owned, 1].max()) + 1
-                c0, c1 = int(boxes[owned, 2].min()) - 1, int(boxes[owned, 3].max()) + 1
-                r0, c0, r1, c1 = max(r0, 0), max(c0, 0), min(r1, shape[0]), min(c1, shape[1])
-                window = (slice(r0, r1), slice(c0, c1))
-                comp = lut[np.asarray(ids[window])]  # component + 1, 0 = background
-                mine = np.isin(comp, owned + 1)
-                pieces = split_touching(np.where(mine, comp, 0), min_distance, (r0, c0))
-                pieces[pieces > 0] += np.uint32(n_objects)
-                n_objects = max(n_objects, int(pieces.max()))
-                source[window] = np.where(mine, pieces, np.asarray(source[window]))
+                where = _owner_window(comps, owned, shape)
+                counts.append(_split_owned(ids, source, comps, owned, where, min_distance))
+            else:
+                counts.append(0)
             done += 1
             yield BlockProgress(done, total, "objects")
-    for rows, cols in blocks:
-        grown = (
-            slice(max(rows.start - reach, 0), min(rows.stop + reach, shape[0])),
-            slice(max(cols.start - reach, 0), min(cols.stop + reach, shape[1])),
-        )
-        lab = np.asarray(source[grown])
-        if lookup is not None:
-            lab = lookup[lab]
-        if expand:
-            lab = expand_labels(lab, expand)
-        lab = close_gaps(lab, fill_gaps)
-        core = (
-            slice(rows.start - grown[0].start, rows.stop - grown[0].start),
-            slice(cols.start - grown[1].start, cols.stop - grown[1].start),
-        )
-        out[rows, cols] = lab[core].astype(np.uint32, copy=False)
+        relabel = _piece_ids(comps, owners, counts)
+    for window in blocks:
+        out[window] = _grown_block(ids, source, comps, relabel, window, shape, expand, fill_gaps)
         done += 1
         yield BlockProgress(done, total, "growing")
-    return n_objects
+    return relabel.n_objects
 
 
 def label_blocks(mask: Any, out: Any, **options: Any) -> int:
     """Blocking :func:`iter_label_blocks` (same parameters); returns the object count."""
     return run_to_end(iter_label_blocks(mask, out, **options))
+
+
+def label_blocks_dask(
+    mask: Any,
+    out: Any,
+    *,
+    min_size: int = 16,
+    split: bool = False,
+    min_distance: int = 5,
+    expand: int = 0,
+    fill_gaps: int = 0,
+    block: int = DEFAULT_BLOCK,
+    scratch: str | os.PathLike[str] | None = None,
+    batch: int = LABEL_BATCH,
+) -> int:
+    """Label a lazy 2D foreground mask (a dask array) with tasks on the dask scheduler.
+
+    The same passes as :func:`iter_label_blocks`, each block (or each
+    block's objects) a task: on a cluster the blocks are computed and labelled
+    by the workers, which share the provisional ids through zarr arrays in
+    ``scratch``; the client joins the components from the blocks' edges and
+    writes ``batch`` finished blocks at a time into ``out``.
+
+    Parameters
+    ----------
+    mask : dask array of shape (M, N)
+        Foreground (nonzero); rechunked to ``block``.
+    out : writable 2D array-like of uint32
+        Destination, written by this process (numpy, zarr, memmap, ...).
+    min_size, split, min_distance, expand, fill_gaps, block
+        As in :func:`iter_label_blocks`.
+    scratch : path, optional
+        Folder for the provisional ids (4 bytes per pixel, on disk; every
+        worker must see it: on a cluster of several machines, a shared file
+        system). None: a temporary folder, removed at the end.
+    batch : int
+        Finished blocks computed at once (memory: ``batch`` blocks of uint32).
+
+    Returns
+    -------
+    n_objects : int
+        Objects written (ids ``1 .. n_objects``).
+
+    Examples
+    --------
+    >>> import dask.array as da
+    >>> mask = np.zeros((6, 9), bool); mask[1:5, 2:8] = True
+    >>> out = np.zeros((6, 9), np.uint32)
+    >>> label_blocks_dask(da.from_array(mask), out, min_size=1, block=4), int(out.max())
+    (1, 1)
+    """
+    import dask
+    import dask.array as da
+    import zarr
+
+    shape = _check(mask, out, block)
+    block = int(block)
+    blocks = _blocks(shape, block)
+    lazy = da.asarray(mask).rechunk((block, block)).to_delayed().ravel()
+    folder = Path(tempfile.mkdtemp(prefix="napari-unet-labels-", dir=scratch))
+    try:
+        store = zarr.open_group(str(folder), mode="w")
+
+        def array(name: str) -> Any:
+            return store.zeros(name=name, shape=shape, chunks=(block, block), dtype="u4")
+
+        ids = array("components")
+        summarise = dask.delayed(_summarise, pure=True)
+        summaries = dask.compute(
+            *[summarise(b, ids, w, min_size) for b, w in zip(lazy, blocks, strict=True)]
+        )
+        comps = _Components(list(summaries), _grid(shape, block), block)
+        relabel = _kept_ids(comps, min_size)
+        source = None
+        shared = dask.delayed(comps, pure=True)
+        if split:
+            source = array("objects")
+            owners = _owners(comps, blocks, min_size)
+            counts = [0] * len(owners)
+            windows = {k: _owner_window(comps, o, shape) for k, o in enumerate(owners) if o.size}
+            split_task = dask.delayed(_split_owned, pure=True)
+            for wave in _waves(windows, block):
+                done = dask.compute(
+                    *[
+                        split_task(ids, source, shared, owners[k], windows[k], min_distance)
+                        for k in wave
+                    ]
+                )
+                for k, n in zip(wave, done, strict=True):
+                    counts[k] = n
+            relabel = _piece_ids(comps, owners, counts)
+        grow = dask.delayed(_grown_block, pure=True)
+        shared_relabel = dask.delayed(relabel, pure=True)
+        for first in range(0, len(blocks), max(int(batch), 1)):
+            part = blocks[first : first + max(int(batch), 1)]
+            labels = dask.compute(
+                *[
+                    grow(ids, source, shared, shared_relabel, w, shape, expand, fill_gaps)
+                    for w in part
+                ]
+            )
+            for window, lab in zip(part, labels, strict=True):
+                out[window] = lab
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return relabel.n_objects
+
+
+def _waves(windows: dict[int, Window], chunk: int) -> list[list[int]]:
+    """Group the windows so that no two of a group write to the same chunk."""
+    waves: list[tuple[set[tuple[int, int]], list[int]]] = []
+    for k, (rows, cols) in windows.items():
+        chunks = {
+            (i, j)
+            for i in range(rows.start // chunk, (rows.stop - 1) // chunk + 1)
+            for j in range(cols.start // chunk, (cols.stop - 1) // chunk + 1)
+        }
+        for used, members in waves:
+            if not used & chunks:
+                used |= chunks
+                members.append(k)
+                break
+        else:
+            waves.append((chunks, [k]))
+    return [members for _, members in waves]

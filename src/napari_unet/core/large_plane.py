@@ -17,6 +17,7 @@ pixels, which differ from the exact ones by a fraction of a grey level.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,13 +25,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from napari_unet.core.blockwise import DEFAULT_BLOCK, BlockProgress, iter_label_blocks
+from napari_unet.core.blockwise import (
+    DEFAULT_BLOCK,
+    BlockProgress,
+    iter_label_blocks,
+    label_blocks_dask,
+)
 from napari_unet.core.device import select_device
 from napari_unet.core.io import allocate_zeros, release_pages
 from napari_unet.core.model import UNet
 from napari_unet.core.postprocess import FILL_GAPS, foreground_probability
 from napari_unet.core.predictor import Predictor, TestTimeAugmentation, as_predictor
-from napari_unet.core.progress import relay, run_to_end
+from napari_unet.core.progress import relay
 from napari_unet.core.segment_config import SegmentConfig
 from napari_unet.core.tiling import (
     as_channels_first,
@@ -352,14 +358,16 @@ def label_dask(
     expand: int = SegmentConfig.expand,
     fill_gaps: int = FILL_GAPS,
     block: int | None = None,
+    scratch: str | os.PathLike[str] | None = None,
 ) -> int:
     """Instance labels of lazy probabilities (e.g. :func:`~napari_unet.core.predict_dask`).
 
-    The foreground mask of each plane is computed by the dask scheduler (in
-    parallel, on a cluster if one is active) into a scratch array (on disk for
-    big planes); it is then labelled block by block here
-    (:func:`~napari_unet.core.blockwise.iter_label_blocks`), with memory
-    bounded by a few blocks, and written into ``out``. The labels equal
+    Each plane is labelled by tasks on the dask scheduler
+    (:func:`~napari_unet.core.blockwise.label_blocks_dask`; on a cluster if
+    one is active): the workers compute the probabilities' blocks, threshold
+    and label them, and split and grow the objects; this process joins the
+    components across block borders and writes the finished blocks into
+    ``out``, with memory bounded by a few blocks. The labels equal
     :func:`~napari_unet.core.postprocess.probabilities_to_labels` of each whole
     plane (the same partition); ids are unique across the stack.
 
@@ -373,6 +381,10 @@ def label_dask(
         As in :func:`~napari_unet.core.postprocess.probabilities_to_labels`.
     block : int, optional
         Edge of the labelling blocks.
+    scratch : path, optional
+        Folder for the provisional ids, which every worker must see (on a
+        cluster of several machines, a shared file system); None: a temporary
+        folder on this machine.
 
     Returns
     -------
@@ -397,17 +409,22 @@ def label_dask(
             f"{(*probabilities.shape[:-3], *shape)}; got {tuple(out.shape)}"
         )
     background = da.asarray(probabilities)[..., 0, :, :].astype(np.float32)
-    mask = ((1.0 - background) > threshold).astype(np.uint8)
+    mask = (1.0 - background) > threshold
     next_label = 1
     for index in np.ndindex(*mask.shape[:-2]):
-        plane = _scratch("foreground", shape, np.uint8)
-        da.store(mask[index], plane, lock=True)
 
         def write(rows: slice, cols: slice, labels: np.ndarray, at: tuple = index) -> None:
             out[(*at, rows, cols)] = labels
 
-        next_label += run_to_end(
-            _label_mask(plane, shape, next_label, write, block, min_size, split, expand, fill_gaps)
+        next_label += label_blocks_dask(
+            mask[index],
+            _OffsetLabels(shape, next_label, write),
+            min_size=min_size,
+            split=split,
+            expand=expand,
+            fill_gaps=fill_gaps,
+            block=DEFAULT_BLOCK if block is None else block,
+            scratch=scratch,
         )
     return next_label - 1
 
