@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -349,3 +351,126 @@ def test_learning_rate_is_auto_unless_set(annotated):
     assert widget._config().learning_rate is None  # TrainConfig picks scratch / fine-tune rate
     widget.learning_rate.value = 0.003
     assert widget._config().learning_rate == pytest.approx(0.003)
+
+
+# -- live preview -------------------------------------------------------------
+
+
+def every_step(widget):
+    """A preview after every step (the default schedule would preview a short run once)."""
+    widget.preview.schedule.interval = 0.0
+    widget.preview.schedule.budget = 1.0
+
+
+def test_live_preview_updates_the_prediction_layer_and_the_gui_stays_responsive(annotated, qtbot):
+    from qtpy.QtCore import QTimer
+
+    from napari_unet.core.preview import PreviewUpdate
+
+    viewer = annotated
+    viewer.dims.set_point(0, 2)  # plane 2: not annotated
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    predict.image_layer.value = viewer.layers["cells"]
+    widget = open_train(viewer, steps=8)
+    assert widget.live_preview.value  # on by default
+    every_step(widget)
+
+    ticks = []
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+    timer.start(20)
+    refreshes = []
+    updates = []
+    began = time.perf_counter()
+    worker = widget.start()
+    worker.yielded.connect(
+        lambda e: isinstance(e, PreviewUpdate) and updates.append((e, time.perf_counter()))
+    )
+
+    def spy_on_refresh():  # count the refreshes of the layer the first preview made
+        layer = viewer.layers[predict.output_name()]
+        plain = layer.refresh
+        layer.refresh = lambda *a, **k: (refreshes.append(1), plain(*a, **k))
+        return True
+
+    qtbot.waitUntil(lambda: predict.output_name() in viewer.layers, timeout=TIMEOUT)
+    spy_on_refresh()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    ended = time.perf_counter()
+    timer.stop()
+
+    layer = viewer.layers[predict.output_name()]  # the Predict widget's output layer
+    assert layer.data.shape == (3, 96, 96) and layer.data.dtype == np.uint32
+    assert widget.previews_shown >= 2 and len(refreshes) >= 1
+    assert widget.previews_shown == len(updates) == 7  # between steps 1..7 of 8
+    last = updates[-1][0]
+    assert last.index == (2,) and last.region == (slice(0, 96), slice(0, 96))  # all in view
+    np.testing.assert_array_equal(layer.data[2], last.labels)
+    assert not layer.data[:2].any()  # only the shown plane is previewed
+    # the event loop kept running: a timer's ticks kept arriving during training
+    during = [t for t in ticks if began < t < ended]
+    gaps = np.diff([began, *during, ended])
+    assert len(during) >= 10 and gaps.max() < 2.0, (len(during), gaps.max(), ended - began)
+    assert widget.last_result.steps == 8
+
+
+def test_pan_zoom_and_slider_move_the_preview_window(annotated, qtbot):
+    from napari_unet._widgets._layers import field_of_view
+    from napari_unet.core.preview import PreviewUpdate
+
+    viewer = annotated
+    widget = open_train(viewer, steps=5000)
+    every_step(widget)
+    camera = viewer.scene.camera
+    image = viewer.layers["cells"]
+    updates = []
+    worker = widget.start()
+    worker.yielded.connect(lambda e: isinstance(e, PreviewUpdate) and updates.append(e))
+    try:
+        qtbot.waitUntil(lambda: bool(updates), timeout=TIMEOUT)
+        assert widget.preview.window.rows == slice(0, 96)  # all of the plane in view
+
+        camera.zoom = 4 * min(viewer.canvas.size) / 96  # a quarter of the plane's side
+        camera.center = (0.0, 30.0, 30.0)
+        first = widget.preview.window
+        rows, cols = field_of_view(viewer, image)
+        assert (first.rows, first.cols) == (rows, cols)
+        assert first.rows.stop - first.rows.start < 96 and first.index == (1,)  # the middle plane
+
+        camera.center = (0.0, 60.0, 50.0)  # pan
+        moved = widget.preview.window
+        assert moved.rows.start - first.rows.start == 30
+        assert moved.cols.start - first.cols.start == 20
+        qtbot.waitUntil(lambda: updates[-1].region == (moved.rows, moved.cols), timeout=TIMEOUT)
+
+        viewer.dims.set_point(0, 2)  # the slider: another plane
+        assert widget.preview.window.index == (2,)
+        qtbot.waitUntil(lambda: updates[-1].index == (2,), timeout=TIMEOUT)
+        prediction = viewer.layers["cells prediction"]
+        np.testing.assert_array_equal(
+            prediction.data[(2, *updates[-1].region)], updates[-1].labels
+        )
+
+        viewer.dims.ndisplay = 3  # no field of view in 3D: nothing previewed
+        assert widget.preview.window is None
+    finally:
+        widget.stop()
+        qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert widget.last_result.stopped == "stopped"  # Stop keeps the best model as before
+    camera.center = (0.0, 10.0, 10.0)  # after training the view is not followed
+    viewer.dims.ndisplay = 2
+    assert widget.preview.window is None
+
+
+def test_live_preview_off_leaves_the_prediction_layer_alone(annotated, qtbot):
+    from napari_unet.core.preview import PreviewUpdate
+
+    viewer = annotated
+    widget = open_train(viewer, steps=4, live_preview=False)
+    every_step(widget)
+    events = []
+    worker = widget.start()
+    worker.yielded.connect(events.append)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    assert len(events) == 4 and not any(isinstance(e, PreviewUpdate) for e in events)
+    assert "cells prediction" not in viewer.layers and widget.previews_shown == 0

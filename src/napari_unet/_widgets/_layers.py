@@ -5,6 +5,9 @@ shown in the viewer (:func:`current_plane`, :func:`current_index`), the part of
 it on the canvas (:func:`field_of_view`), whether a Labels layer covers an image
 (:func:`check_labels_match`), and the annotated rectangles of the Shapes layer
 ``"<labels> regions"`` in the labels' pixel indices (:func:`rectangles_from_shapes`).
+The Labels layer ``"<image> prediction"`` that predictions go to
+(:func:`prediction_layer`), and :class:`ViewFollower`, which calls back whenever
+the visible part of the data changes (pan, zoom, slider, canvas size).
 
 Following: which image a Labels layer annotates and back
 (:func:`annotated_image`, :func:`annotations_of`, from the labels' metadata,
@@ -29,6 +32,8 @@ from napari_unet.core.annotations import Rectangle
 REGIONS_SUFFIX = " regions"
 #: Suffix of the Labels layer created for an image.
 MASKS_SUFFIX = " masks"
+#: Suffix of the Labels layer that predictions of an image go to.
+PREDICTION_SUFFIX = " prediction"
 
 Callbacks = Mapping[str, Callable[..., Any] | Sequence[Callable[..., Any]]]
 
@@ -139,6 +144,87 @@ def field_of_view(viewer: Any, layer: Any) -> tuple[slice, slice]:
             raise ValueError(f"'{layer.name}' is not in view: pan or zoom to it")
         window.append(slice(lo, hi))
     return window[0], window[1]
+
+
+def prediction_layer_name(image_name: str) -> str:
+    """Name of the Labels layer holding the predictions of an image."""
+    return f"{image_name}{PREDICTION_SUFFIX}"
+
+
+def prediction_layer(viewer: Any, image: Any, shape: tuple[int, ...], channels: bool) -> Any:
+    """The Labels layer ``"<image> prediction"``: reused (zeroed if resized) or added.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    image : napari.layers.Image
+        Its scale and translation place the layer.
+    shape : tuple of int
+        The labels' shape: the image's planes without the channel axis.
+    channels : bool
+        Whether ``image`` has a channel axis that is not RGB (at -3: dropped
+        from the scale and translation).
+    """
+    from napari_unet.core.io import allocate_zeros
+
+    name = prediction_layer_name(image.name)
+    if name in viewer.layers:
+        layer = viewer.layers[name]
+        if tuple(layer.data.shape) != tuple(shape):
+            layer.data = allocate_zeros(shape, np.uint32, name="prediction")
+        return layer
+    scale, translate = np.asarray(image.scale), np.asarray(image.translate)
+    if channels and not image.rgb:
+        scale, translate = np.delete(scale, -3), np.delete(translate, -3)
+    return viewer.add_labels(
+        allocate_zeros(shape, np.uint32, name="prediction"),
+        name=name,
+        opacity=0.6,
+        scale=scale,
+        translate=translate,
+    )
+
+
+class ViewFollower:
+    """Call ``callback()`` whenever the visible part of the data may have changed.
+
+    It follows the camera (pan, zoom), the dims (slider, 2D/3D) and the canvas
+    size of ``viewer`` from :meth:`start` until :meth:`stop`.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+    callback : callable
+        Called without arguments.
+    """
+
+    def __init__(self, viewer: Any, callback: Callable[[], Any]) -> None:
+        self._viewer = viewer
+        self._callback = callback
+        self.active = False
+
+    def _emitters(self) -> list[Any]:
+        viewer = self._viewer
+        camera, dims = viewer.scene.camera.events, viewer.dims.events
+        return [camera.center, camera.zoom, dims.point, dims.ndisplay, viewer.canvas.events.size]
+
+    def _changed(self, event: Any = None) -> None:
+        self._callback()
+
+    def start(self) -> None:
+        """Follow the view (and call back once now)."""
+        if not self.active:
+            for emitter in self._emitters():
+                emitter.connect(self._changed)
+            self.active = True
+        self._callback()
+
+    def stop(self) -> None:
+        """Stop following the view."""
+        if self.active:
+            for emitter in self._emitters():
+                emitter.disconnect(self._changed)
+            self.active = False
 
 
 # --------------------------------------------------------------------------- regions
@@ -369,3 +455,25 @@ def _connect(layer: Any, slots: list[tuple[str, Callable[..., Any]]]) -> None:
 def _disconnect(layer: Any, slots: list[tuple[str, Callable[..., Any]]]) -> None:
     for name, slot in slots:
         getattr(layer.events, name).disconnect(slot)
+
+
+# --------------------------------------------------------------------------- uncertainty
+
+#: Suffix of the Image layer holding the uncertainty of an image's prediction.
+UNCERTAINTY_SUFFIX = " uncertainty"
+
+
+def uncertainty_layer_name(image_name: str) -> str:
+    """Name of the Image layer the Predict widget writes an image's uncertainty to."""
+    return f"{image_name}{UNCERTAINTY_SUFFIX}"
+
+
+def uncertainty_layer_for(viewer: Any, image: Any) -> Any:
+    """The Image layer ``"<image name> uncertainty"`` in ``viewer``, or None."""
+    from napari.layers import Image
+
+    name = uncertainty_layer_name(image.name)
+    for layer in viewer.layers:
+        if isinstance(layer, Image) and layer.name == name:
+            return layer
+    return None

@@ -5,7 +5,12 @@ planes and rectangles), builds a :class:`~napari_unet.core.TrainConfig` from
 the form, and runs :func:`~napari_unet.core.iter_train` in a napari worker.
 It plots the loss and validation scores as they arrive, stops cooperatively
 (the core returns the best model so far) and hands the trained model to the
-viewer's session, where the Predict widget picks it up.
+viewer's session, where the Predict widget picks it up. With "Live preview"
+on, the part of the current plane on screen is segmented with the current
+weights every few seconds (in the training thread, as the core's
+:class:`~napari_unet.core.preview.LivePreview` schedules it) and shown in the
+Predict widget's layer ``"<image> prediction"``; panning, zooming or moving
+the slider moves the previewed window.
 
 The fields start at the :class:`~napari_unet.core.train_config.TrainConfig`
 defaults (the budget, model size and weight-map settings at the last values
@@ -36,8 +41,12 @@ from napari.utils.notifications import show_info
 
 from napari_unet._widgets._layers import (
     LayerFollower,
+    ViewFollower,
     annotated_image,
     annotated_rectangles,
+    current_index,
+    field_of_view,
+    prediction_layer,
     regions_layer_for,
     spatial_shape,
 )
@@ -60,6 +69,7 @@ if TYPE_CHECKING:
 
     from napari_unet.core.annotations import Crop
     from napari_unet.core.model import UNet
+    from napari_unet.core.preview import PreviewUpdate
     from napari_unet.core.training import TrainConfig, TrainProgress, TrainResult
 
 #: "Start from" choices: (label shown, value); a bundled model's value is its name.
@@ -120,6 +130,14 @@ class TrainWidget(Container):
         :func:`~napari_unet.core.pretrained.default_start` of the annotations.
     minutes, steps : FloatSpinBox, SpinBox
         Budget: wall time (0 = no time limit) and the most optimisation steps.
+    live_preview : CheckBox
+        Show the segmentation of the visible part of the current plane with the
+        current weights while training (in ``"<image> prediction"``).
+    preview : LivePreview
+        The window previewed (set from the view while training) and the
+        preview schedule (:class:`~napari_unet.core.preview.PreviewSchedule`).
+    previews_shown : int
+        Previews written into the prediction layer in the current (or last) run.
     advanced : superqt.QCollapsible
         The folded section: model size, loss weights (w0, sigma), patch and
         batch size, learning rate, scale augmentation, validation.
@@ -133,6 +151,7 @@ class TrainWidget(Container):
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        from napari_unet.core.preview import LivePreview
         from napari_unet.core.training import MULTI_SCALE, TrainConfig
 
         super().__init__()
@@ -144,6 +163,10 @@ class TrainWidget(Container):
         self.progress_bar: Any = None
         self._job_start: str | None = None
         self.last_result: TrainResult | None = None
+        self.preview = LivePreview()
+        self.previews_shown = 0
+        self._preview_job: dict[str, Any] = {}  # the previewed image layer and its geometry
+        self._view = ViewFollower(viewer, self._update_preview_window)
         settings = load_settings()
         config = TrainConfig()  # the defaults of the fields no setting remembers
 
@@ -244,6 +267,14 @@ class TrainWidget(Container):
             tooltip="Hold out the far end (a fifth) of every annotated example to score the "
             "model, keep the best one and pick its threshold; the rest trains",
         )
+        self.live_preview = CheckBox(
+            text="Live preview (the view, every few seconds)",
+            value=True,
+            tooltip="While training, segment the part of the current plane on screen "
+            "with the current weights into '<image> prediction'; pan or zoom to move "
+            "it. It runs between training steps, rarer when it is slow, so that it "
+            "takes at most a tenth of the time.",
+        )
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop", enabled=False)
         self.save_button = PushButton(text="Save model…", enabled=False)
@@ -267,6 +298,7 @@ class TrainWidget(Container):
                 self.minutes,
                 self.steps,
                 self.device,
+                self.live_preview,
                 buttons,
                 self.status,
             ]
@@ -328,6 +360,7 @@ class TrainWidget(Container):
         self.picker.changed.connect(self._show_start)
         self.weighting.changed.connect(self._on_weighting_changed)
         self.save_button.changed.connect(self._on_save_clicked)
+        self.live_preview.changed.connect(self._on_live_preview_changed)
         get_session(viewer).model_changed.connect(self._on_model_changed)
         self.picker.refresh()
         self._show_start()
@@ -384,6 +417,7 @@ class TrainWidget(Container):
 
         # the bar counts the binding budget (time or steps), not the step cap
         self.progress_bar = progress(total=1000, desc="Training U-Net")
+        self._start_preview(channels)
         held_out = (
             " (a fifth of each held out for validation)" if config.validation == "auto" else ""
         )
@@ -398,6 +432,7 @@ class TrainWidget(Container):
             device=self.device.value,
             checkpoint=autosave_path(),
             should_stop=self._runner.stop_event.is_set,
+            preview=self.preview,
             message=f"{how} on {len(crops)} example(s){held_out}; the best model so far is "
             f"autosaved to {autosave_path()}…",
             yielded=self._on_progress,
@@ -410,8 +445,9 @@ class TrainWidget(Container):
         self._runner.cancel()
 
     def close(self) -> None:
-        """Close the widget; it stops following its layers."""
+        """Close the widget; it stops following its layers and the view."""
         self._follower.close()
+        self._view.stop()
         super().close()
 
     def save_model(self, path: str | Path) -> Path:
@@ -636,7 +672,64 @@ class TrainWidget(Container):
             self.last_result is not None or model is not None
         )
 
-    def _on_progress(self, event: TrainProgress) -> None:
+    # -- live preview ---------------------------------------------------------
+    def _start_preview(self, channels: int) -> None:
+        """Preview the chosen image while this job trains (if it fits the model)."""
+        from napari_unet.core.tiling import as_channels_first
+
+        image = self.image_layer.value
+        self.previews_shown = 0
+        self._preview_job = {}
+        self.preview.set_image(None)
+        self.preview.enabled = bool(self.live_preview.value)
+        if image is None:
+            return
+        data = image.data[0] if image.multiscale else image.data
+        axis = -1 if image.rgb else None
+        try:
+            arr, lead, has_channels = as_channels_first(data, channels, axis)
+        except ValueError:  # the image does not fit the trained network: no preview
+            return
+        self.preview.set_image(data, axis)
+        shape = (*lead, int(arr.shape[-2]), int(arr.shape[-1]))
+        self._preview_job = {"image": image, "n_lead": len(lead), "shape": shape}
+        self._preview_job["channels"] = has_channels
+        self._view.start()
+
+    def _update_preview_window(self) -> None:
+        """Preview the part of the current plane on the canvas (none in 3D or off screen)."""
+        image = self._preview_job.get("image")
+        if image is None or image not in self._viewer.layers:
+            self.preview.clear_window()
+            return
+        try:
+            rows, cols = field_of_view(self._viewer, image)
+        except ValueError:
+            self.preview.clear_window()
+            return
+        index = current_index(self._viewer, image, self._preview_job["n_lead"])
+        self.preview.set_window(index, rows, cols)
+
+    def _on_live_preview_changed(self, value: Any = None) -> None:
+        self.preview.enabled = bool(self.live_preview.value)
+
+    def _show_preview(self, update: PreviewUpdate) -> None:
+        """Write a preview into the image's prediction layer (created if missing)."""
+        job = self._preview_job
+        image = job.get("image")
+        if not self.live_preview.value or image is None or image not in self._viewer.layers:
+            return
+        layer = prediction_layer(self._viewer, image, job["shape"], job["channels"])
+        layer.data[(*update.index, *update.region)] = update.labels
+        layer.refresh()
+        self.previews_shown += 1
+
+    def _on_progress(self, event: TrainProgress | PreviewUpdate) -> None:
+        from napari_unet.core.preview import PreviewUpdate
+
+        if isinstance(event, PreviewUpdate):
+            self._show_preview(event)
+            return
         self.plot.add_loss(event.step, event.loss)
         if self.progress_bar is not None:
             self.progress_bar.update(int(event.fraction * 1000) - self.progress_bar.n)
@@ -689,6 +782,7 @@ class TrainWidget(Container):
         )
 
     def _on_finished(self) -> None:
+        self._view.stop()
         if self.progress_bar is not None:
             self.progress_bar.close()
             self.progress_bar = None

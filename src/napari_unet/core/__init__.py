@@ -60,6 +60,8 @@ _EXPORTS = {
     "training_crops": "annotations",
     "Rectangle": "annotations",
     "Annotation": "annotations",
+    "LivePreview": "preview",
+    "PreviewUpdate": "preview",
     "uncertainty_map": "uncertainty",
     "next_region": "uncertainty",
     "SuggestedRegion": "uncertainty",
@@ -115,6 +117,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.predictor import NetworkPredictor, Predictor, TestTimeAugmentation
     from napari_unet.core.preprocess import Normalization, normalize
     from napari_unet.core.pretrained import load_pretrained, pretrained_models
+    from napari_unet.core.preview import LivePreview, PreviewUpdate
     from napari_unet.core.segment import PlaneDone, iter_segment
     from napari_unet.core.segment_config import SegmentConfig
     from napari_unet.core.tasks import detect_task, task_config

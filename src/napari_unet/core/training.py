@@ -5,6 +5,9 @@ every optimisation step (with validation scores whenever validation runs) and
 returns a :class:`TrainResult` holding the best model. Stopping is
 cooperative (``should_stop``, a time budget, early stopping) and still returns
 the best model; every improvement is written to ``checkpoint`` atomically.
+Given a :class:`~napari_unet.core.preview.LivePreview`, it also yields a
+:class:`~napari_unet.core.preview.PreviewUpdate` (the window segmented with the
+current weights) between steps whenever the preview's schedule allows one.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ from napari_unet.core.postprocess import (
     object_diameter,
     probabilities_to_labels,
 )
+from napari_unet.core.preview import LivePreview, PreviewUpdate
 from napari_unet.core.progress import run_to_end
+from napari_unet.core.segment_config import SegmentConfig
 from napari_unet.core.tiling import predict_tiled
 from napari_unet.core.train_config import (  # re-exported: the public names of training
     FINE_TUNE_LEARNING_RATE,
@@ -289,7 +294,8 @@ def iter_train(
     validation_images: Sequence[ArrayLike] = (),
     validation_labels: Sequence[ArrayLike] = (),
     should_stop: Callable[[], bool] | None = None,
-) -> Generator[TrainProgress, None, TrainResult]:
+    preview: LivePreview | None = None,
+) -> Generator[TrainProgress | PreviewUpdate, None, TrainResult]:
     """Train (or fine-tune) a U-Net on a few annotated images.
 
     Parameters
@@ -317,10 +323,16 @@ def iter_train(
     should_stop : callable, optional
         Polled after every step; training ends (keeping the best model) when
         it returns True.
+    preview : LivePreview, optional
+        Polled after every step (unless training ends there): when a preview
+        is due, its window is segmented with the current weights and the
+        best threshold so far, and yielded. Its time counts in the budget.
 
     Yields
     ------
-    TrainProgress
+    TrainProgress or PreviewUpdate
+        A progress event after every step; a preview after some steps (only
+        with ``preview``).
 
     Returns
     -------
@@ -348,6 +360,7 @@ def iter_train(
     else:
         net = copy.deepcopy(model)
     net = net.to(dev)
+    net.metadata = {**net.metadata, "task": config.task}  # a preview labels as for its task
 
     val: list[_ValImage] = [
         _val_image(img, lab, None, net)
@@ -520,6 +533,11 @@ def iter_train(
         if config.patience is not None and stale >= config.patience:
             stopped = "early"
             break
+        if preview is not None and step < config.steps:
+            options = SegmentConfig(threshold=best_threshold).segment_kwargs(net)
+            update = preview.poll(net, step=step, device=dev, options=options)
+            if update is not None:
+                yield update
 
     diverged = stopped == "diverged"
     if val and validated != step and not diverged:  # stopped between validations: score it
