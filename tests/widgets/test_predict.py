@@ -449,3 +449,67 @@ def test_linking_through_the_stack(stack_viewer, qtbot):
     unlinked = core_segment(model, image, tile_size=TILE, min_size=4)
     assert np.array_equal(labels > 0, unlinked > 0)
     assert labels.max() <= unlinked.max()  # ids continue through the planes
+
+
+def core_probabilities(model, image, **kwargs):
+    """The softmax probabilities of each plane, as ``iter_segment`` reports them."""
+    from napari_unet.core.segment import PlaneDone, iter_segment
+
+    out = {}
+    for event in iter_segment(model, image, device="cpu", **kwargs):
+        if isinstance(event, PlaneDone):
+            out[event.index] = event.probabilities
+    return out
+
+
+def test_uncertainty_layer_comes_from_the_same_pass(stack_viewer, qtbot, monkeypatch):
+    from napari_unet.core import segment
+    from napari_unet.core.uncertainty import uncertainty_map
+
+    passes = []
+    real = segment.iter_segment
+
+    def spy(*args, **kwargs):
+        passes.append(kwargs)
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(segment, "iter_segment", spy)
+    viewer = stack_viewer
+    model = threshold_unet()
+    get_session(viewer).set_model(model)
+    widget = open_predict(viewer, scope="stack")
+    assert widget.show_uncertainty.value is False  # off by default
+    widget.show_uncertainty.value = True
+    worker = widget.start()
+    events = []
+    worker.yielded.connect(events.append)
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    assert len(passes) == 1  # one network pass for the labels and the uncertainty
+    assert len(events) == worker.pbar.total
+    layer = viewer.layers["cells uncertainty"]
+    assert layer.data.dtype == np.float32 and layer.data.shape == (3, 96, 96)
+    np.testing.assert_allclose(layer.scale, viewer.layers["cells"].scale)
+    assert layer.colormap.name == "magma" and tuple(layer.contrast_limits) == (0.0, 1.0)
+    assert 0.0 <= layer.data.min() and layer.data.max() <= 1.0
+    assert layer.data.max() > 0.1  # pixels near the threshold are uncertain
+    probabilities = core_probabilities(model, viewer.layers["cells"].data, tile_size=TILE)
+    for (plane,), prob in probabilities.items():
+        np.testing.assert_allclose(layer.data[plane], uncertainty_map(prob), atol=1e-6)
+    # the labels are those of a run without the uncertainty
+    expected = core_segment(model, viewer.layers["cells"].data, tile_size=TILE, min_size=4)
+    np.testing.assert_array_equal(viewer.layers["cells prediction"].data, expected)
+    assert [layer.name for layer in viewer.layers] == [
+        "cells",
+        "cells uncertainty",
+        "cells prediction",
+    ]
+    assert "cells uncertainty" in widget.status.value
+
+    # predicting one plane again replaces only that plane's uncertainty
+    before = np.array(layer.data)
+    widget.scope.value = "plane"
+    viewer.dims.set_current_step(0, 1)
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    np.testing.assert_allclose(layer.data, before, atol=1e-6)

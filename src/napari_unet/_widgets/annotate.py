@@ -10,6 +10,13 @@ they are unknown. :func:`~napari_unet._widgets._layers.rectangles_from_shapes`
 turns the drawn rectangles into :class:`napari_unet.core.annotations.Rectangle`
 objects (pixel indices).
 
+"Next region to annotate" reads the ``"<image> uncertainty"`` layer that the
+Predict widget writes, leaves out what is annotated already (painted pixels,
+marked planes, region rectangles: :func:`annotated_mask`), finds the most
+uncertain window with :func:`napari_unet.core.uncertainty.next_region` (in a
+worker), moves the camera there and, if asked, adds the window as a region
+rectangle and selects the labels in paint mode.
+
 Memory for new Labels layers: :func:`napari_unet.core.io.allocate_zeros` (a
 numpy array up to :data:`~napari_unet.core.io.NUMPY_LIMIT_BYTES`, whose
 untouched pages the OS does not even commit; bigger stacks get a zarr array in a
@@ -21,10 +28,12 @@ Python exits: save the layer (File > Save Selected Layers) to keep the masks.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, Container, Label, PushButton, SpinBox, create_widget
+from napari.utils.notifications import show_info, show_warning
 from qtpy.QtCore import QTimer
 
 from napari_unet._widgets._layers import (
@@ -38,14 +47,18 @@ from napari_unet._widgets._layers import (
     regions_layer_for,
     regions_layer_name,
     spatial_shape,
+    uncertainty_layer_for,
+    uncertainty_layer_name,
 )
 from napari_unet._widgets._session import annotation_info
 from napari_unet.core.io import allocate_zeros, max_label
 
 if TYPE_CHECKING:
     import napari
+    from napari.qt.threading import FunctionWorker
 
     from napari_unet.core.annotations import Rectangle
+    from napari_unet.core.uncertainty import SuggestedRegion
 
 __all__ = ["AnnotateWidget"]
 
@@ -54,6 +67,10 @@ _FULL_SCAN_PIXELS = 1 << 27
 #: Delay (ms) before the status line is recomputed after a change.
 _STATUS_DELAY_MS = 150
 _LABELS_DTYPE = np.uint32
+#: Default edge (px) of the window that "Next region to annotate" suggests.
+NEXT_REGION_SIZE = 256
+#: Part of the canvas that the suggested window fills when the camera moves to it.
+_FIT_MARGIN = 0.9
 
 
 # --------------------------------------------------------------------------- helpers
@@ -73,6 +90,157 @@ def _max_painted(atoms: Any) -> int:
         if value.size:
             best = max(best, int(value.max()))
     return best
+
+
+def annotated_mask(
+    labels: Any, planes: Sequence[int] = (), rectangles: Sequence[Rectangle] = ()
+) -> np.ndarray:
+    """Pixels already annotated: painted, in a marked plane, or inside a region rectangle.
+
+    Unlike training's fallback (nothing marked: every plane with cells counts as
+    fully annotated), only the painted pixels count when nothing is marked: a
+    few painted cells do not make their plane "done" for the next suggestion.
+
+    Parameters
+    ----------
+    labels : array of shape (M, N) or (P, M, N)
+        The painted labels (0 = unpainted).
+    planes, rectangles
+        The fully annotated planes and the region rectangles, as
+        :class:`napari_unet.core.annotations.Annotation` takes them.
+
+    Returns
+    -------
+    ndarray of bool, the shape of ``labels``
+
+    Raises
+    ------
+    ValueError
+        If ``Annotation`` refuses the labels, planes or rectangles.
+    """
+    from napari_unet.core.annotations import Annotation
+
+    annotation = Annotation(labels, planes=tuple(planes), rectangles=tuple(rectangles))
+    mask = np.asarray(annotation.labels) != 0
+    if annotation.marked:
+        for plane in range(annotation.n_planes) if annotation.is_stack else [None]:
+            region = annotation.region(plane)
+            where = mask if plane is None else mask[plane]  # a view: written in place
+            if region is None:  # the plane is marked fully annotated
+                where[...] = True
+            else:
+                where |= region
+    return mask
+
+
+def suggest_region(
+    uncertainty: Any,
+    labels: Any,
+    size: int,
+    planes: Sequence[int] = (),
+    rectangles: Sequence[Rectangle] = (),
+) -> SuggestedRegion:
+    """The most uncertain ``size`` x ``size`` window (clipped to the plane) not annotated yet.
+
+    Parameters
+    ----------
+    uncertainty : array of the shape of ``labels``
+        Per-pixel uncertainty, e.g. the Predict widget's ``"<image> uncertainty"``.
+    labels, planes, rectangles
+        What is annotated (see :func:`annotated_mask`).
+    size : int
+        Window edge in pixels.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, every window overlaps the annotation, or the
+        uncertainty is 0 in every window left (nothing predicted there).
+    """
+    from napari_unet.core.uncertainty import next_region
+
+    values = np.asarray(uncertainty)
+    if values.shape != tuple(labels.shape):
+        raise ValueError(
+            f"the uncertainty has shape {values.shape} but the masks have "
+            f"{tuple(labels.shape)}: predict this image again with 'Show uncertainty'"
+        )
+    mask = annotated_mask(labels, planes, rectangles)
+    h, w = min(size, values.shape[-2]), min(size, values.shape[-1])
+    try:
+        region = next_region(values, (h, w), annotated=mask)
+    except ValueError as err:
+        if "nothing left" not in str(err):
+            raise
+        raise ValueError(
+            f"every {h} x {w} px window overlaps what is annotated already: lower the region size"
+        ) from None
+    if region.score <= 0:
+        raise ValueError(
+            "the uncertainty is 0 wherever nothing is annotated yet: predict the planes "
+            "you want to annotate with 'Show uncertainty' ticked in '4. Predict'"
+        )
+    return region
+
+
+def _find_region(
+    uncertainty: Any,
+    labels: Any,
+    size: int,
+    planes: Sequence[int],
+    rectangles: Sequence[Rectangle],
+) -> tuple[SuggestedRegion | None, str, bool]:
+    """Worker job: ``(region, "", painted_elsewhere)`` or ``(None, why, False)``.
+
+    ``painted_elsewhere``: nothing is marked yet and cells are painted outside
+    the window (adding the window as a region makes those cells unknown).
+    """
+    try:
+        region = suggest_region(uncertainty, labels, size, planes, rectangles)
+    except ValueError as err:  # told to the user as a warning, not as a crash
+        return None, str(err), False
+    painted_elsewhere = False
+    if not planes and not rectangles:
+        painted = np.asarray(labels) != 0
+        painted[(*region.plane, *region.window)] = False
+        painted_elsewhere = bool(painted.any())
+    return region, "", painted_elsewhere
+
+
+def window_corners(region: SuggestedRegion) -> np.ndarray:
+    """The four corners of a suggested window in data coordinates (pixel edges).
+
+    Pixel ``i`` spans ``i - 0.5 .. i + 0.5``, so the rectangle covers exactly
+    rows ``y0:y1`` and columns ``x0:x1`` (as
+    :func:`~napari_unet._widgets._layers.rectangles_from_shapes` reads it back);
+    the plane index comes first for a stack.
+    """
+    y0, y1, x0, x1 = (v - 0.5 for v in (region.y0, region.y1, region.x0, region.x1))
+    corners = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float)
+    lead = np.tile(np.asarray(region.plane, float), (4, 1))
+    return np.hstack([lead, corners])
+
+
+def window_center(region: SuggestedRegion) -> np.ndarray:
+    """Centre of a suggested window in data coordinates (the plane index first for a stack)."""
+    return np.array([*region.plane, *np.subtract(region.center, 0.5)], float)
+
+
+def zoom_to_fit(
+    extent: Sequence[float], canvas_size: Sequence[int], margin: float = _FIT_MARGIN
+) -> float:
+    """Camera zoom (screen pixels per world unit) that shows ``extent`` on the canvas.
+
+    Parameters
+    ----------
+    extent : (float, float)
+        Height and width of the window in world units.
+    canvas_size : (int, int)
+        Height and width of the canvas in screen pixels.
+    margin : float
+        Fraction of the canvas the window fills along its tighter axis.
+    """
+    return margin * min(canvas_size[0] / extent[0], canvas_size[1] / extent[1])
 
 
 # --------------------------------------------------------------------------- widget
@@ -104,6 +272,14 @@ class AnnotateWidget(Container):
     add_region_button : PushButton
         Create/select the ``"<labels> regions"`` Shapes layer in rectangle mode
         (:meth:`add_region_layer`).
+    region_size : SpinBox
+        Edge (px) of the window "Next region to annotate" looks for
+        (:data:`NEXT_REGION_SIZE` by default; clipped to the plane).
+    add_next_region : CheckBox
+        "Add it as a region" (on by default): the suggested window becomes an
+        annotated rectangle and the labels are selected in paint mode.
+    next_region_button : PushButton
+        "Next region to annotate" (:meth:`next_region`).
     status : Label
         Cells on the current plane, annotated planes and regions.
     """
@@ -124,6 +300,9 @@ class AnnotateWidget(Container):
         )
         self._painted_max = 0
         self._updating_plane_box = False
+        self._next_worker: FunctionWorker | None = None
+        #: windows shown without adding them: skipped by the next suggestions
+        self._skipped: list[Rectangle] = []
         self._syncing_image = False
 
         self.image_layer = create_widget(
@@ -141,6 +320,25 @@ class AnnotateWidget(Container):
         self.brush_size = SpinBox(value=10, min=1, max=200, label="Brush size")
         self.plane_annotated = CheckBox(text="Plane is fully annotated", value=False)
         self.add_region_button = PushButton(text="Add region (rectangles)")
+        self.region_size = SpinBox(
+            value=NEXT_REGION_SIZE,
+            min=8,
+            max=8192,
+            step=32,
+            label="Region size (px)",
+            tooltip="Edge of the window 'Next region to annotate' suggests (clipped to the plane)",
+        )
+        self.add_next_region = CheckBox(
+            text="Add it as a region",
+            value=True,
+            tooltip="Add the suggested window to the regions (rectangles) and select the "
+            "masks in paint mode; unpainted pixels inside it count as background",
+        )
+        self.next_region_button = PushButton(
+            text="Next region to annotate",
+            tooltip="Go to the most uncertain window that is not annotated yet (needs "
+            "'Show uncertainty' in '4. Predict'); each click moves on to the next",
+        )
         self.status = Label(value="Pick an image, then 'New annotation layer'.", label="Status")
         self.status.native.setWordWrap(True)
         self.extend(
@@ -152,6 +350,10 @@ class AnnotateWidget(Container):
                 self.brush_size,
                 self.plane_annotated,
                 self.add_region_button,
+                Label(value="<b>Where to annotate next</b>"),
+                self.region_size,
+                self.add_next_region,
+                self.next_region_button,
                 self.status,
             ]
         )
@@ -164,6 +366,7 @@ class AnnotateWidget(Container):
         self.new_layer_button.changed.connect(self.new_labels_layer)
         self.new_cell_button.changed.connect(self.new_cell)
         self.add_region_button.changed.connect(self.add_region_layer)
+        self.next_region_button.changed.connect(self._on_next_clicked)
         self.brush_size.changed.connect(self._on_brush_size)
         self.plane_annotated.changed.connect(self._on_plane_box)
         self.labels_layer.changed.connect(self._on_labels_changed)
@@ -268,24 +471,104 @@ class AnnotateWidget(Container):
         -------
         napari.layers.Shapes
         """
-        labels = self._require_labels()
-        shapes = regions_layer_for(self._viewer, labels)
-        if shapes is None:
-            shapes = self._viewer.add_shapes(
-                name=regions_layer_name(labels.name),
-                ndim=labels.ndim,
-                scale=labels.scale,
-                translate=labels.translate,
-                shape_type="rectangle",
-                edge_color="yellow",
-                face_color="transparent",
-                edge_width=2,
-            )
-        self._follower.refresh()
+        shapes = self._regions_layer(self._require_labels())
         self._viewer.layers.selection.active = shapes
         shapes.mode = "add_rectangle"
         self.update_status()
         return shapes
+
+    @property
+    def is_busy(self) -> bool:
+        """True while "Next region to annotate" searches (in a worker)."""
+        return self._next_worker is not None
+
+    def next_region(self) -> FunctionWorker:
+        """Look for the most uncertain window not annotated yet, then go there.
+
+        The labels' data, marked planes and rectangles (plus the windows shown
+        before without adding them) and the image's ``"<image> uncertainty"``
+        layer are read here; :func:`suggest_region` runs in a worker; when it
+        returns, :meth:`go_to_region` moves the camera (and adds the region if
+        :attr:`add_next_region` is ticked). A search that finds nothing is
+        reported as a warning.
+
+        Returns
+        -------
+        worker : FunctionWorker
+            Started.
+
+        Raises
+        ------
+        ValueError
+            If there are no masks, no image, no uncertainty layer, or a search
+            is running.
+        """
+        from napari.qt.threading import create_worker
+
+        labels = self._require_labels()
+        if self.is_busy:
+            raise ValueError("already looking for the next region")
+        image = self.image_layer.value
+        if image is None:
+            image = annotated_image(self._viewer, labels)
+        if image is None:
+            raise ValueError("pick the annotated Image layer first")
+        uncertainty = uncertainty_layer_for(self._viewer, image)
+        if uncertainty is None:
+            raise ValueError(
+                f"there is no '{uncertainty_layer_name(image.name)}' layer: predict "
+                f"'{image.name}' in '4. Predict' with 'Show uncertainty' ticked first"
+            )
+        data = uncertainty.data[0] if uncertainty.multiscale else uncertainty.data
+        worker = create_worker(
+            _find_region,
+            data,
+            labels.data,
+            int(self.region_size.value),
+            list(annotation_info(labels)["planes"]),
+            [*self.rectangles(), *self._skipped],
+        )
+        worker.returned.connect(lambda result: self._on_found(labels, *result))
+        worker.finished.connect(self._on_search_finished)
+        self._next_worker = worker
+        self.next_region_button.enabled = False
+        worker.start()
+        return worker
+
+    def go_to_region(self, region: SuggestedRegion, add: bool | None = None) -> None:
+        """Show a suggested window: its plane, centred and zoomed to fit the canvas.
+
+        Parameters
+        ----------
+        region : SuggestedRegion
+            In the pixel indices of the selected labels.
+        add : bool, optional
+            Add the window as a rectangle to ``"<labels> regions"`` and select
+            the labels in paint mode with a new cell id; default: the
+            :attr:`add_next_region` box. Without it, the window is skipped by
+            the next suggestions.
+        """
+        labels = self._require_labels()
+        viewer = self._viewer
+        if viewer.dims.ndisplay != 2:
+            viewer.dims.ndisplay = 2  # a window of one plane
+        world = np.asarray(labels.data_to_world(window_center(region)), float)
+        offset = viewer.dims.ndim - labels.ndim  # the labels' axes are the last ones
+        for axis, value in enumerate(world[: len(region.plane)]):
+            viewer.dims.set_point(offset + axis, value)
+        camera = viewer.scene.camera
+        camera.center = tuple(world[-2:])
+        size = np.abs(np.asarray(labels.scale[-2:], float)) * (
+            region.y1 - region.y0,
+            region.x1 - region.x0,
+        )
+        camera.zoom = zoom_to_fit(size, viewer.canvas.size)
+        if self.add_next_region.value if add is None else add:
+            self._add_window(labels, region)
+            self.new_cell()  # selects the labels, paint mode, a fresh id
+        else:
+            self._skipped.append(region.as_rectangle())
+        self.update_status()
 
     def rectangles(self) -> list[Rectangle]:
         """Annotated rectangles of the selected labels (pixel indices)."""
@@ -325,6 +608,79 @@ class AnnotateWidget(Container):
         super().close()
 
     # ----------------------------------------------------------------- internals
+
+    def _regions_layer(self, labels: Any) -> Any:
+        """The ``"<labels> regions"`` Shapes layer, added (matched to the labels) if missing."""
+        shapes = regions_layer_for(self._viewer, labels)
+        if shapes is None:
+            shapes = self._viewer.add_shapes(
+                name=regions_layer_name(labels.name),
+                ndim=labels.ndim,
+                scale=labels.scale,
+                translate=labels.translate,
+                shape_type="rectangle",
+                edge_color="yellow",
+                face_color="transparent",
+                edge_width=2,
+            )
+        self._follower.refresh()
+        return shapes
+
+    def _add_window(self, labels: Any, region: SuggestedRegion) -> None:
+        shapes = self._regions_layer(labels)
+        if shapes.ndim != labels.ndim:
+            raise ValueError(
+                f"'{shapes.name}' is {shapes.ndim}D and the masks {labels.ndim}D: "
+                "rename or remove it, a matching one is made"
+            )
+        corners = [shapes.world_to_data(labels.data_to_world(c)) for c in window_corners(region)]
+        shapes.add_rectangles(
+            np.array(corners, float), edge_color="yellow", face_color="transparent"
+        )
+
+    def _on_next_clicked(self, *_: Any) -> None:
+        try:
+            self.next_region()
+        except ValueError as err:
+            self._tell(f"Cannot suggest a region: {err}")
+
+    def _tell(self, message: str) -> None:
+        self.status.value = f"⚠ {message}"
+        show_warning(message)
+
+    def _on_found(
+        self, labels: Any, region: SuggestedRegion | None, why: str, painted_elsewhere: bool
+    ) -> None:
+        if labels is not self.labels_layer.value:
+            return  # the user picked other masks meanwhile
+        if region is None:
+            self._tell(f"No region to suggest: {why}")
+            return
+        add = bool(self.add_next_region.value)
+        try:
+            self.go_to_region(region, add)
+        except ValueError as err:
+            self._tell(f"Cannot add the region: {err}")
+            return
+        where = f"plane {region.plane[0]}, " if region.plane else ""
+        text = (
+            f"Next region: {where}rows {region.y0}-{region.y1}, columns {region.x0}-"
+            f"{region.x1} (mean uncertainty {region.score:.2f})."
+        )
+        if add:
+            text += (
+                " Paint its cells ('New cell' for each): unpainted pixels in it are background."
+            )
+            if painted_elsewhere:
+                text += (
+                    " Cells painted outside the regions and marked planes no longer count "
+                    "for training: mark their plane annotated or draw a region around them."
+                )
+        show_info(text)
+
+    def _on_search_finished(self) -> None:
+        self._next_worker = None
+        self.next_region_button.enabled = self.labels_layer.value is not None
 
     def _require_labels(self) -> Any:
         layer = self.labels_layer.value
@@ -370,12 +726,16 @@ class AnnotateWidget(Container):
             self.brush_size,
             self.plane_annotated,
             self.add_region_button,
+            self.region_size,
+            self.add_next_region,
         ):
             widget.enabled = layer is not None
+        self.next_region_button.enabled = layer is not None and not self.is_busy
 
     def _hook_labels(self, layer: Any) -> None:
         if layer is not self._follower.labels:
             self._painted_max = 0
+            self._skipped = []
         self._follower.follow(layer)
 
     def _schedule_status(self, event: Any = None) -> None:

@@ -4,13 +4,17 @@ The widget plans a job (which planes, which region of them), runs
 :func:`napari_unet.core.segment.iter_segment` in a napari worker and writes what it
 yields into an instance Labels layer ``"<image> prediction"`` (whole planes
 as they finish) and, optionally, a probability layer ``"<image> probability"``
-(tile by tile). "Use as annotation" copies the predicted cells of the current
+(tile by tile) and an uncertainty layer ``"<image> uncertainty"`` (plane by
+plane, :func:`napari_unet.core.uncertainty.uncertainty_map` of the same pass's
+probabilities, computed in the worker), which "Next region to annotate" in the
+Annotate widget reads. "Use as annotation" copies the predicted cells of the current
 plane into the annotation layer, closing the correct-and-retrain loop.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -74,6 +78,30 @@ def _intersect(a: slice, b: slice) -> slice:
     return slice(max(a.start, b.start), max(min(a.stop, b.stop), max(a.start, b.start)))
 
 
+def _with_uncertainty(
+    job: Callable[..., Generator[Any, Any, Any]], *args: Any, **kwargs: Any
+) -> Generator[Any, Any, Any]:
+    """Run ``job(*args, **kwargs)`` (``iter_segment``), pairing each plane with its uncertainty.
+
+    Every ``PlaneDone`` event is yielded as ``(event, uncertainty_map(event.probabilities))``,
+    so the map is computed in the worker thread from the same pass; other events and the
+    job's return value pass through unchanged.
+    """
+    from napari_unet.core.segment import PlaneDone
+    from napari_unet.core.uncertainty import uncertainty_map
+
+    events = job(*args, **kwargs)
+    while True:
+        try:
+            event = next(events)
+        except StopIteration as stop:
+            return stop.value
+        if isinstance(event, PlaneDone):
+            yield event, uncertainty_map(event.probabilities)
+        else:
+            yield event
+
+
 # ---------------------------------------------------------------------------
 # the widget
 
@@ -99,6 +127,9 @@ class PredictWidget(Container):
         ``"plane"``, ``"view"`` (visible field of view) or ``"stack"``.
     picker : ModelPicker
         The model; ``model_source`` and ``model_file`` are its fields.
+    show_probabilities, show_uncertainty : CheckBox
+        Also write the foreground probability (tile by tile) / the uncertainty
+        (plane by plane) into ``"<image> probability"`` / ``"<image> uncertainty"``.
     advanced : superqt.QCollapsible
         The folded section: min size, split, grow, test-time augmentation,
         tile size, device.
@@ -189,6 +220,14 @@ class PredictWidget(Container):
             enabled=False,
         )
         self.show_probabilities = CheckBox(text="Show probabilities", value=False)
+        self.show_uncertainty = CheckBox(
+            text="Show uncertainty (where to annotate next)",
+            value=False,
+            tooltip="Also write where the network is unsure (1 = foreground probability "
+            "0.5, 0 = sure) into '<image> uncertainty', from the same prediction. "
+            "'Next region to annotate' in '1. Annotate' moves to its most uncertain "
+            "window that is not annotated yet.",
+        )
         self.predict_button = PushButton(text="Predict")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         buttons = Container(
@@ -221,6 +260,7 @@ class PredictWidget(Container):
                 self.regions,
                 self.link,
                 self.show_probabilities,
+                self.show_uncertainty,
                 buttons,
                 self.status,
                 Label(value="<b>Correct and retrain</b>"),
@@ -252,6 +292,7 @@ class PredictWidget(Container):
                 self.device,
                 self.tta,
                 self.show_probabilities,
+                self.show_uncertainty,
             ],
         )
         self._runner.connect_start(self.start, "Cannot predict")
@@ -276,7 +317,7 @@ class PredictWidget(Container):
         return self.picker.model
 
     def output_name(self, kind: str = "prediction") -> str:
-        """Name of the output layer (``"prediction"`` or ``"probability"``) of the image."""
+        """Name of the output layer (``"prediction"``, ``"probability"``, ``"uncertainty"``)."""
         image = self.image_layer.value
         return f"{image.name if image is not None else 'image'} {kind}"
 
@@ -327,16 +368,15 @@ class PredictWidget(Container):
         _, tile, batch = resolve_tiling(model, self.device.value, int(self.tile_size.value))
         save_settings(tile_size=int(self.tile_size.value), device=self.device.value)
 
-        labels_layer, prob_layer = self._output_layers(image, (*lead, *shape), channels)
+        labels_layer, prob_layer, unc_layer = self._output_layers(image, (*lead, *shape), channels)
+        extras = [layer for layer in (prob_layer, unc_layer) if layer is not None]
         for index in planes:  # the job replaces earlier results in its region
-            labels_layer.data[(*index, *region)] = 0
-            if prob_layer is not None:
-                prob_layer.data[(*index, *region)] = 0
+            for layer in (labels_layer, *extras):
+                layer.data[(*index, *region)] = 0
         whole = self.scope.value == "stack"
         first_label = 1 if whole else max_label(labels_layer.data) + 1
-        labels_layer.refresh()
-        if prob_layer is not None:
-            prob_layer.refresh()
+        for layer in (labels_layer, *extras):
+            layer.refresh()
 
         # one progress step per batch of tiles and per finished plane, and one for
         # the probabilities resized back when the plane was rescaled
@@ -352,8 +392,12 @@ class PredictWidget(Container):
         ).segment_kwargs(model)
         per_plane = count_batches(model, shape, region, tile, batch, zoom) + 1
         total = (per_plane + (zoom != 1.0)) * len(planes)
+        # the uncertainty of each plane is computed in the worker, from the same pass
+        job: tuple[Any, ...] = (
+            (_with_uncertainty, iter_segment) if unc_layer is not None else (iter_segment,)
+        )
         worker = create_worker(
-            iter_segment,
+            *job,
             model,
             arr,
             planes=planes,
@@ -369,6 +413,7 @@ class PredictWidget(Container):
         self._job = {
             "labels": labels_layer,
             "prob": prob_layer,
+            "uncertainty": unc_layer,
             "region": region,
             "planes_done": 0,
             "n_planes": len(planes),
@@ -481,16 +526,22 @@ class PredictWidget(Container):
 
     def _output_layers(
         self, image: Any, shape: tuple[int, ...], channels: bool
-    ) -> tuple[Any, Any]:
+    ) -> tuple[Any, Any, Any]:
         scale, translate = np.asarray(image.scale), np.asarray(image.translate)
         if channels and not image.rgb:  # a channel axis in the image, not in the labels
             scale, translate = np.delete(scale, -3), np.delete(translate, -3)
         place = {"scale": scale, "translate": translate}
         labels = self._output_layer("prediction", shape, np.uint32, "labels", opacity=0.6, **place)
-        prob = None
-        if self.show_probabilities.value:
-            prob = self._output_layer(
-                "probability",
+        maps = {}
+        for kind, wanted in (
+            ("probability", self.show_probabilities.value),
+            ("uncertainty", self.show_uncertainty.value),
+        ):
+            if not wanted:
+                maps[kind] = None
+                continue
+            layer = maps[kind] = self._output_layer(
+                kind,
                 shape,
                 np.float32,
                 "image",
@@ -501,9 +552,9 @@ class PredictWidget(Container):
                 **place,
             )
             layers = self._viewer.layers
-            if layers.index(prob) > layers.index(labels):  # below: the cells stay visible
-                layers.move(layers.index(prob), layers.index(labels))
-        return labels, prob
+            if layers.index(layer) > layers.index(labels):  # below: the cells stay visible
+                layers.move(layers.index(layer), layers.index(labels))
+        return labels, maps["probability"], maps["uncertainty"]
 
     def _output_layer(
         self, kind: str, shape: tuple[int, ...], dtype: Any, layer_type: str, **style: Any
@@ -520,19 +571,28 @@ class PredictWidget(Container):
         return add(allocate_zeros(shape, dtype, name=kind), name=name, **style)
 
     # -- slots ------------------------------------------------------------
-    def _on_progress(self, event: SegmentProgress | PlaneDone) -> None:
+    def _on_progress(
+        self, event: SegmentProgress | PlaneDone | tuple[PlaneDone, np.ndarray]
+    ) -> None:
         from napari_unet.core.postprocess import foreground_probability
         from napari_unet.core.segment import PlaneDone
 
         job = self._job
+        uncertainty = None
+        if isinstance(event, tuple):  # (PlaneDone, its uncertainty) from _with_uncertainty
+            event, uncertainty = event
         if isinstance(event, PlaneDone):
+            where = (*event.index, *event.region)
             labels_layer = job["labels"]
-            labels_layer.data[(*event.index, *event.region)] = event.labels
+            labels_layer.data[where] = event.labels
             labels_layer.refresh()
             job["planes_done"] += 1
             job["cells"] += event.n_objects
             if job.get("prob") is not None:
                 job["prob"].refresh()
+            if uncertainty is not None and job.get("uncertainty") is not None:
+                job["uncertainty"].data[where] = uncertainty
+                job["uncertainty"].refresh()
             return
         prob_layer = job.get("prob")
         if prob_layer is not None:
@@ -565,6 +625,11 @@ class PredictWidget(Container):
         self.status.value = (
             f"Done: {found} in {job['planes_done']} plane(s) → '{job['labels'].name}'."
         )
+        if job.get("uncertainty") is not None:
+            self.status.value += (
+                f" Uncertainty → '{job['uncertainty'].name}': '1. Annotate' › "
+                "'Next region to annotate' shows where to annotate next."
+            )
 
     def _on_aborted(self) -> None:
         job = self._job
