@@ -15,9 +15,14 @@ Train widget's defaults otherwise) and scored on the test images (F1@0.5,
 SEG). The zero-shot score of the starting model on the same test images is
 printed first. One JSON line per run.
 
+``--kind 520x696`` draws pool and test images among the images of that shape
+only (one kind of acquisition, as a user's own experiment), instead of the
+whole mixed split.
+
 Usage::
 
     python benchmarks/bench_next_region.py --seeds 0 1 2
+    python benchmarks/bench_next_region.py --seeds 0 1 2 --kind 520x696 --pool 5 --n-test 10
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import time
 
 import numpy as np
+import tifffile
 from bench_pretrained import score
 from bench_training_quality import load, split
 
@@ -92,6 +98,22 @@ def fine_tune(model, images: list, masks: list, windows: list[Window], size: int
     )
 
 
+def same_kind(kind: str, n_pool: int, n_test: int, seed: int):
+    """Pool and test ids among the split's images of one shape ("HxW")."""
+    folder = split("dsb", 1, 1, seed)[0]
+    shape = tuple(int(v) for v in kind.split("x"))
+    ids = sorted(
+        p.stem
+        for p in (folder / "images").glob("*.tif")
+        if tifffile.TiffFile(p).pages[0].shape[:2] == shape
+    )
+    if len(ids) < n_pool + n_test:
+        raise SystemExit(f"only {len(ids)} images of shape {kind}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    pool = [ids[i] for i in order[:n_pool]]
+    return folder, pool, [ids[i] for i in order[n_pool : n_pool + n_test]]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -102,10 +124,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--train-seed", type=int, default=0)
+    parser.add_argument("--kind", help="only images of this shape, e.g. 520x696")
     args = parser.parse_args()
     start = load_model(model_file(args.start))
     for seed in args.seeds:
-        folder, pool_ids, test_ids = split("dsb", args.pool, args.n_test, seed)
+        if args.kind:
+            folder, pool_ids, test_ids = same_kind(args.kind, args.pool, args.n_test, seed)
+        else:
+            folder, pool_ids, test_ids = split("dsb", args.pool, args.n_test, seed)
         images, masks = load(folder, pool_ids)
         test_images, test_masks = load(folder, test_ids)
         base = score(start, test_images, test_masks)
