@@ -307,3 +307,33 @@ def test_listing_versions_does_not_import_torch(session):
         "assert 'torch' not in sys.modules, 'listing versions imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_versus_names_both_scores_the_shared_pixels_and_the_verdict(session):
+    comparison = session.comparison
+    line = comparison.versus("v2", "v1")
+    v1, v2 = (comparison.scores[n]["score"] for n in ("v1", "v2"))
+    assert line.startswith(f"v2 {v2:.2f} vs v1 {v1:.2f} on the same {comparison.n_pixels} ")
+    verdict = "better" if v2 - v1 > 0.005 else "worse" if v1 - v2 > 0.005 else "about the same"
+    assert line.endswith(f"held-out pixels ({verdict})")
+    scores = {"a": {"score": 0.5}, "b": {"score": 0.503}}
+    assert (
+        HeldOutScores(scores, "", 1, 1_250_000)
+        .versus("b", "a")
+        .endswith("on the same 1.2M held-out pixels (about the same)")
+    )
+    with pytest.raises(KeyError, match="no held-out scores of v9"):
+        comparison.versus("v9", "v1")
+
+
+def test_the_validation_image_is_public():
+    from napari_unet.core import training
+
+    assert "validation_image" in training.__all__
+    labels = np.zeros((40, 40), np.int32)
+    labels[10:20, 10:20] = 1
+    mask = np.zeros((40, 40), bool)
+    mask[5:25, 5:25] = True
+    net = UNet(depth=2, base_channels=2)
+    val = training.validation_image(np.ones((40, 40), np.float32), labels, mask, net)
+    assert val.known.sum() == mask.sum() and val.instances.max() == 1

@@ -146,3 +146,101 @@ def test_predict_and_train_use_the_picker(make_napari_viewer):
     get_session(viewer).set_model(model)
     train.start_from.value = "current"
     assert predict.model is model and train.picker.load() is model
+
+    # the session's versions: Predict picks any of them, Train starts from any of them
+    store = add_versions(get_session(viewer))
+    assert {"version:v1", "version:v2"} <= set(predict.model_source.choices)
+    assert {"version:v1", "version:v2"} <= set(train.start_from.choices)
+    predict.model_source.value = "version:v1"
+    assert same_weights(predict.model, store.load("v1"))
+    assert "4 base channels" in predict.model_info.value
+    train.start_from.value = "version:v2"
+    assert same_weights(train.picker.load(), store.load("v2"))
+    assert get_session(viewer).model is model  # still the current one
+
+
+def add_versions(session, n=2):
+    """``n`` versions in the session's store (v2 fine-tuned from v1, ...)."""
+    store = session.store
+    for i in range(n):
+        store.add(small_unet(seed=i), parent=f"v{i}" if i else "scratch")
+    session.versions_changed.emit()  # as the Train widget does after a run
+    return store
+
+
+def same_weights(a, b):
+    return all(
+        np.array_equal(a.state_dict()[k].numpy(), v.numpy()) for k, v in b.state_dict().items()
+    )
+
+
+def test_version_choices_follow_current_or_go_before_file():
+    from napari_unet._widgets._model_picker import model_choices
+    from napari_unet.core.versions import ModelVersion
+
+    versions = [
+        ModelVersion(f"v{i}", "2026-11-20T10:00:00+01:00", "scratch", (), None) for i in (2, 1)
+    ]
+    texts = [v.describe() for v in versions]
+    assert model_choices(["bundled", "current", "file"], versions=versions) == [
+        ("nuclei (bundled model)", "nuclei"),
+        ("current model", "current"),
+        (texts[0], "version:v2"),
+        (texts[1], "version:v1"),
+        ("model file", "file"),
+    ]
+    assert [v for _, v in model_choices(["scratch", "file"], versions=versions)] == [
+        "scratch",
+        "version:v2",
+        "version:v1",
+        "file",
+    ]
+    assert [v for _, v in model_choices(["versions", "scratch"], versions=versions[:1])] == [
+        "version:v2",
+        "scratch",
+    ]
+
+
+def test_versions_are_listed_newest_first_and_load(make_picker):
+    import shutil
+
+    viewer, picker = make_picker(value="current")
+    session = get_session(viewer)
+    assert not [s for s in picker.source.choices if s.startswith("version:")]
+    changes = []
+    picker.changed.connect(changes.append)
+    store = add_versions(session)
+    assert picker.source.choices == (
+        "current",
+        "version:v2",
+        "version:v1",
+        "nuclei",
+        "scratch",
+        "file",
+    )
+    assert picker.source.native.itemText(1) == store.get("v2").describe()
+    assert picker.value == "current" and not picker.picked and changes == []  # choice kept
+    picker.source.value = "version:v1"
+    model = picker.load()
+    assert same_weights(model, store.load("v1")) and not same_weights(model, store.load("v2"))
+    assert picker.model is model and picker.load() is model  # loaded once
+    assert picker.description() == "version v1" and picker.origin() == "v1"
+    assert session.model is None  # picking a version leaves the session's model alone
+
+    # the current model is a version: a run started from it records which
+    picker.source.value = "current"
+    session.set_model(model, store.path("v1"), version="v1")
+    assert picker.origin() == "v1"
+    session.set_model(small_unet(), None)
+    assert picker.origin() == "current model"
+
+    # the store is gone: a clear error, and the choice falls back to the current model
+    picker.source.value = "version:v2"
+    shutil.rmtree(store.folder)
+    with pytest.raises(ValueError, match="no model version 'v2'"):
+        picker.load()
+    assert picker.model is None
+    changes.clear()
+    session.versions_changed.emit()
+    assert "version:v2" not in picker.source.choices
+    assert picker.value == "current" and changes == ["current"]

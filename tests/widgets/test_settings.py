@@ -79,3 +79,69 @@ def test_device_box_shows_only_offered_devices():
     assert device_box("cpu").value == "cpu"
     box = device_box("tpu", tooltip="where to run")
     assert box.value == "auto" and list(box.choices) == DEVICES and box.label == "Device"
+
+
+# -- the current model version, restored with the next napari session ---------------
+
+
+def small_store(n=2):
+    import torch
+
+    from napari_unet._widgets._settings import versions_path
+    from napari_unet.core.model import UNet
+    from napari_unet.core.versions import VersionStore
+
+    store = VersionStore(versions_path())
+    for i in range(n):
+        torch.manual_seed(i)
+        store.add(UNet(base_channels=4).eval(), parent=f"v{i}" if i else "scratch")
+    return store
+
+
+def test_the_current_version_comes_back_in_the_next_session(make_napari_viewer):
+    from napari_unet._widgets._session import get_session
+    from napari_unet._widgets._settings import autosave_path, save_settings, versions_path
+
+    assert versions_path() == autosave_path().with_name("napari-unet-autosave-versions")
+    store = small_store()
+    save_settings(version="v1")  # what the last session chose
+    viewer = make_napari_viewer()
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    session = get_session(viewer)
+    assert session.version == "v1" and session.model_path == store.path("v1")
+    expected = store.load("v1").state_dict()
+    for key, value in session.model.state_dict().items():
+        np.testing.assert_array_equal(value.numpy(), expected[key].numpy())
+    assert predict.model_source.value == "current" and predict.model is session.model
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    assert train.version.choices == ("v2", "v1") and train.version.value == "v1"
+    assert train.retrain_button.enabled and train.retrain_button.text == "Retrain v1"
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "missing"])
+def test_a_broken_version_store_is_a_notification_not_a_crash(make_napari_viewer, damage):
+    import shutil
+
+    from napari.utils.notifications import notification_manager
+
+    from napari_unet._widgets._session import get_session
+    from napari_unet._widgets._settings import load_settings, save_settings
+
+    store = small_store(1)
+    save_settings(version="v1")
+    if damage == "corrupt":
+        store.index_path.write_text('{"format": "napari-unet/versions", "versio')
+    else:
+        shutil.rmtree(store.folder)
+    before = len(notification_manager.records)
+    viewer = make_napari_viewer()
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    expected = "corrupt" if damage == "corrupt" else "no model version 'v1'"
+    assert any("could not restore the model version 'v1'" in m and expected in m for m in messages)
+    session = get_session(viewer)
+    assert session.model is None and session.version is None
+    assert load_settings()["version"] == ""  # not tried again in the next session
+    assert train.version.choices == () and not train.retrain_button.enabled
+    if damage == "corrupt":
+        assert "cannot be read" in train.versions_info.value

@@ -474,3 +474,128 @@ def test_live_preview_off_leaves_the_prediction_layer_alone(annotated, qtbot):
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     assert len(events) == 4 and not any(isinstance(e, PreviewUpdate) for e in events)
     assert "cells prediction" not in viewer.layers and widget.previews_shown == 0
+
+
+# -- versions and correct-and-retrain -----------------------------------------
+
+
+def test_two_runs_are_two_versions_scored_on_the_same_held_out_band(
+    annotated, qtbot, make_napari_viewer
+):
+    """Train, correct, retrain: v1 and v2, compared fairly, and one click back to v1."""
+    from napari_unet._widgets._settings import load_settings
+    from napari_unet.core.tiling import predict_tiled
+    from napari_unet.core.versions import held_out_set
+
+    viewer = annotated
+    session = get_session(viewer)
+    # as in test_flow: without the weight map these toy disks are learnt in few steps
+    fast = {"weighting": "none", "learning_rate": 0.003, "patch_size": 252, "batch_size": 2}
+    widget = open_train(viewer, steps=6, **fast)
+    assert widget.version.choices == () and not widget.version.enabled
+    assert not widget.retrain_button.enabled
+    assert "kept as a version" in widget.versions_info.value
+    run1 = widget._collect_crops()[0]  # what the first run trains on
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    v1 = widget.last_version
+    assert v1 is not None and v1.name == "v1" and v1.parent == "scratch"
+    assert v1.annotations.n_examples == 2 and v1.comparison is None
+    assert session.version == "v1" and session.model is widget.last_result.model
+    assert session.model_path == session.store.path("v1")
+    assert widget.version.choices == ("v1",) and widget.version.value == "v1"
+    assert widget.version.native.currentText() == v1.describe()
+    assert widget.retrain_button.enabled and widget.retrain_button.text == "Retrain v1"
+    assert "kept as version v1" in widget.status.value
+    assert load_settings()["version"] == "v1"
+    plane = viewer.layers["cells"].data[2]  # never annotated
+    image = session.model.normalization(plane)
+    before = predict_tiled(session.model, image, device="cpu")
+
+    # the correction: plane 2's cells (as 'Use as annotation' copies them, then edited)
+    _, truth = cell_stack(3)
+    labels = viewer.layers["cells annotations"]
+    labels.data[2] = truth[2]
+    labels.metadata["napari_unet"]["planes"].append(2)
+    run2 = widget._collect_crops()[0]
+    widget.steps.value = 12
+    widget.start_from.value = "scratch"  # Retrain ignores "Start from": the current version
+    widget.retrain_button.clicked.emit()
+    assert widget.is_running and "Fine-tuning version v1 on 3 example(s)" in widget.status.value
+    assert not widget.retrain_button.enabled and not widget.version.enabled
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+
+    v2 = widget.last_version
+    assert v2 is not None and v2.name == "v2"
+    assert (v2.parent, v2.lineage) == ("v1", ("v1", "scratch"))  # retrained from v1
+    assert v2.annotations.n_examples == 3
+    model = session.model
+    assert session.version == "v2" and model is widget.last_result.model
+    assert model.metadata["training"]["start"] == "v1"
+    # the corrected plane counts in training and in validation, as the others
+    assert model.metadata["training"]["n_images"] == 3
+    assert model.metadata["training"]["n_validation"] == 3
+    assert widget.version.choices == ("v2", "v1") and widget.version.value == "v2"
+    assert widget.retrain_button.text == "Retrain v2"
+    viewer.add_points(name="marks")  # napari resets the forms' choices: the versions stay
+    assert widget.version.choices == ("v2", "v1") and widget.version.value == "v2"
+    assert widget.start_from.choices[-3:] == ("version:v2", "version:v1", "file")
+    # both scored on the same held-out pixels: the union of the two runs' bands
+    held = held_out_set(run1, run2)
+    assert len(held) == 3
+    comparison = v2.comparison
+    assert comparison is not None and set(comparison.scores) == {"v1", "v2"}
+    assert comparison.n_pixels == held.n_pixels and comparison.held_out == held.digest
+    line = comparison.versus("v2", "v1")
+    assert line in widget.versions_info.value
+    assert f"on the same {held.n_pixels} held-out pixels" in line
+    assert widget.last_result.best_step > 0  # training changed v1's weights
+    assert not np.array_equal(predict_tiled(model, image, device="cpu"), before)
+
+    # one click back: v1's predictions exactly
+    widget.version.value = "v1"
+    assert session.version == "v1" and session.model is not model
+    assert session.model_path == session.store.path("v1")
+    np.testing.assert_array_equal(predict_tiled(session.model, image, device="cpu"), before)
+    assert widget.retrain_button.text == "Retrain v1"
+    assert "v1: validation score" in widget.versions_info.value
+    assert load_settings()["version"] == "v1"
+
+    # the next napari session restores v1
+    again = make_napari_viewer()  # its own napari-unet session
+    restored = get_session(again)
+    assert restored.model is not None and restored.version == "v1"
+    np.testing.assert_array_equal(predict_tiled(restored.model, image, device="cpu"), before)
+    _, other = again.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    assert other.version.choices == ("v2", "v1") and other.version.value == "v1"
+
+
+def test_retrain_needs_a_current_version(annotated):
+    from napari.utils.notifications import notification_manager
+
+    widget = open_train(annotated)
+    with pytest.raises(ValueError, match="no current version"):
+        widget.retrain()
+    before = len(notification_manager.records)
+    widget.retrain_button.clicked.emit()  # the button reports instead of raising
+    messages = [str(n.message) for n in notification_manager.records[before:]]
+    assert any("Cannot retrain" in m for m in messages)
+    assert not widget.is_running
+
+
+def test_a_run_that_cannot_be_kept_as_a_version_still_gives_its_model(annotated, qtbot):
+    from napari_unet._widgets._settings import versions_path
+
+    folder = versions_path()
+    folder.mkdir(parents=True)
+    (folder / "versions.json").write_text("{not json")  # a corrupt index
+    widget = open_train(annotated, steps=2)
+    assert "cannot be read" in widget.versions_info.value
+    widget.start()
+    qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
+    session = get_session(annotated)
+    assert widget.last_version is None and session.version is None
+    assert session.model is widget.last_result.model  # the model is not lost
+    assert "Not kept as a version" in widget.status.value and "corrupt" in widget.status.value
+    assert sorted(p.name for p in folder.iterdir()) == ["versions.json"]  # nothing written

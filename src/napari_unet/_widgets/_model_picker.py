@@ -1,11 +1,13 @@
-"""One model picker for the widgets: a bundled model, the session's, a file, or none.
+"""One model picker for the widgets: bundled, the session's, a version, a file, or none.
 
 The Predict widget's "Model" and the Train widget's "Start from" are the same
 choice: a model bundled with napari-unet (:mod:`napari_unet.core.pretrained`),
-the viewer session's current model (:mod:`napari_unet._widgets._session`), a
-model file (chosen in a ``FileEdit``), or, for training, a new network
-(``"scratch"``). :class:`ModelPicker` builds the two fields, loads every
-source through the same safe loader (:func:`~napari_unet.core.checkpoint.load_model`,
+the viewer session's current model (:mod:`napari_unet._widgets._session`), one
+of the model versions that training runs made (``"version:v2"``, newest first,
+listed after the current model; the list follows the store), a model file
+(chosen in a ``FileEdit``), or, for training, a new network (``"scratch"``).
+:class:`ModelPicker` builds the two fields, loads every source through the
+same safe loader (:func:`~napari_unet.core.checkpoint.load_model`,
 which bundled models use too), caches what it loaded (a file again when it
 changed on disk) and remembers whether the user chose by hand, so that the
 widget's default (the session's model, the task's bundled model) only applies
@@ -28,26 +30,76 @@ if TYPE_CHECKING:
     import napari
 
     from napari_unet.core.model import UNet
+    from napari_unet.core.versions import ModelVersion
 
 #: Model sources other than a bundled model's name.
 CURRENT, FILE = "current", "file"
 #: Stand-in for "every bundled model, in :func:`pretrained_models` order" in an order.
 BUNDLED = "bundled"
+#: Stand-in for "the session's model versions, newest first" in an order; without it
+#: they follow ``"current"`` (else they go before ``"file"``, else last).
+VERSIONS = "versions"
+#: A version's source value is this prefix and its name: ``"version:v2"``.
+VERSION_PREFIX = "version:"
+
+
+def version_source(name: str) -> str:
+    """The picker value of model version ``name``.
+
+    Examples
+    --------
+    >>> version_source("v2")
+    'version:v2'
+    """
+    return f"{VERSION_PREFIX}{name}"
+
+
+def source_version(source: str) -> str | None:
+    """The version name of a picker value (None if it is not a version).
+
+    Examples
+    --------
+    >>> source_version("version:v2"), source_version("nuclei")
+    ('v2', None)
+    """
+    return source[len(VERSION_PREFIX) :] if source.startswith(VERSION_PREFIX) else None
+
+
 #: How each source is shown (a bundled model: ``"<name> (bundled model)"``).
 TEXTS = {CURRENT: "current model", FILE: "model file", SCRATCH: "scratch (new network)"}
 
 
+def _with_versions(order: Sequence[str]) -> list[str]:
+    """``order`` with :data:`VERSIONS` placed (after current, else before file, else last)."""
+    order = list(order)
+    if VERSIONS not in order:
+        if CURRENT in order:
+            order.insert(order.index(CURRENT) + 1, VERSIONS)
+        elif FILE in order:
+            order.insert(order.index(FILE), VERSIONS)
+        else:
+            order.append(VERSIONS)
+    return order
+
+
 def model_choices(
-    order: Sequence[str], texts: Mapping[str, str] | None = None
+    order: Sequence[str],
+    texts: Mapping[str, str] | None = None,
+    versions: Sequence[ModelVersion] = (),
 ) -> list[tuple[str, str]]:
     """``(text shown, value)`` choices of a model picker, in ``order``.
 
     Parameters
     ----------
     order : sequence of str
-        ``"bundled"`` (all bundled models), ``"scratch"``, ``"current"``, ``"file"``.
+        ``"bundled"`` (all bundled models), ``"scratch"``, ``"current"``,
+        ``"versions"``, ``"file"``.
     texts : mapping, optional
         Texts replacing the defaults of :data:`TEXTS`.
+    versions : sequence of ModelVersion
+        Model versions to offer (shown as :meth:`ModelVersion.describe`, in
+        the order given), where ``order`` has ``"versions"`` or else after
+        ``"current"`` (before ``"file"``, or last).
 
     Examples
     --------
@@ -56,9 +108,11 @@ def model_choices(
     """
     shown = {**TEXTS, **(texts or {})}
     choices: list[tuple[str, str]] = []
-    for source in order:
+    for source in _with_versions(order) if versions else order:
         if source == BUNDLED:
             choices += [(f"{name} (bundled model)", name) for name in pretrained_models()]
+        elif source == VERSIONS:
+            choices += [(v.describe(), version_source(v.name)) for v in versions]
         else:
             choices.append((shown[source], source))
     return choices
@@ -72,7 +126,8 @@ class ModelPicker:
     viewer : napari.viewer.Viewer
         Whose session's model ``"current"`` is.
     order : sequence of str
-        Sources offered, see :func:`model_choices`.
+        Sources offered, see :func:`model_choices`; the session's model
+        versions join them (after ``"current"``) and follow its store.
     value : str
         The initial (default) source.
     label, tooltip : str
@@ -86,7 +141,8 @@ class ModelPicker:
     Attributes
     ----------
     source : ComboBox
-        The choice (a bundled model's name, ``"current"``, ``"file"``, ``"scratch"``).
+        The choice (a bundled model's name, ``"current"``, a version
+        ``"version:v2"``, ``"file"``, ``"scratch"``).
     file : FileEdit
         The model file; shown only when the source is ``"file"``.
     picked : bool
@@ -111,19 +167,25 @@ class ModelPicker:
         no_file: str = "choose a model file",
     ) -> None:
         self._viewer = viewer
+        self._order = list(order)
+        self._texts = dict(texts or {})
         self._bundled: dict[str, UNet] = {}
         self._file_model: UNet | None = None
         self._file_key: tuple[str, int, int] | None = None
         self.no_current = no_current
         self.no_file = no_file
         self.picked = False
+        session = get_session(viewer)
+        self._choices = model_choices(order, texts, session.versions()[0][::-1])
+        # a callable: the form's reset_choices (napari calls it as layers change) keeps them
         self.source = ComboBox(
-            choices=model_choices(order, texts), value=value, label=label, tooltip=tooltip
+            choices=self._current_choices, value=value, label=label, tooltip=tooltip
         )
         self.file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
         self.source.changed.connect(self._on_source_changed)
         self.file.changed.connect(self._on_file_changed)
-        get_session(viewer).model_changed.connect(self._on_session_model)
+        session.model_changed.connect(self._on_session_model)
+        session.versions_changed.connect(self.update_versions)
 
     # -- public API -------------------------------------------------------
     @property
@@ -151,6 +213,12 @@ class ModelPicker:
             return get_session(self._viewer).model
         if source == FILE:
             return self._file_model
+        version = source_version(source)
+        if version is not None:
+            try:
+                return get_session(self._viewer).load_version(version)
+            except (ValueError, OSError):  # reported by load()
+                return None
         return self._load_bundled(source)
 
     def load(self) -> UNet | None:
@@ -159,8 +227,9 @@ class ModelPicker:
         Raises
         ------
         ValueError
-            No current model or no file chosen (the messages given), or the
-            file is not a usable model (``ModelFileError``, a ValueError).
+            No current model or no file chosen (the messages given), the
+            file is not a usable model (``ModelFileError``, a ValueError), or
+            the version is gone (``VersionError``, a ValueError).
         """
         source = self.value
         if source == SCRATCH:
@@ -172,6 +241,9 @@ class ModelPicker:
             return model
         if source == FILE:
             return self._load_file()
+        version = source_version(source)
+        if version is not None:
+            return get_session(self._viewer).load_version(version)
         return self._load_bundled(source)
 
     def description(self) -> str | None:
@@ -183,7 +255,27 @@ class ModelPicker:
             return "the current model"
         if source == FILE:
             return Path(self.file.value).name if self.file.value is not None else "a model file"
+        version = source_version(source)
+        if version is not None:
+            return f"version {version}"
         return f"the bundled {source} model"
+
+    def origin(self) -> str:
+        """What a model trained from the chosen one started from, for its version record.
+
+        ``"scratch"``, a bundled model's name, a version's name, or a model
+        file's path; for ``"current"``, the current model's version (or file,
+        or ``"current model"`` if it is neither).
+        """
+        source = self.value
+        if source == CURRENT:
+            session = get_session(self._viewer)
+            if session.version is not None:
+                return session.version
+            return str(session.model_path) if session.model_path else "current model"
+        if source == FILE:
+            return str(self.file.value) if self.file.value is not None else FILE
+        return source_version(source) or source
 
     def follow(self, value: str) -> None:
         """Show ``value`` (a default) unless the user chose a source by hand."""
@@ -197,7 +289,33 @@ class ModelPicker:
         """Show the file field only for the ``"file"`` source."""
         self.file.visible = self.value == FILE
 
+    def update_versions(self) -> None:
+        """List the session's versions as they are in the store now (newest first).
+
+        The choice is kept; if it was a version that is gone, the picker shows
+        ``"current"`` (or its first source) and emits ``changed``.
+        """
+        versions, _ = get_session(self._viewer).versions()
+        choices = model_choices(self._order, self._texts, versions[::-1])
+        if choices == self._choices:
+            return
+        value = self.value
+        values = [v for _, v in choices]
+        kept = value in values
+        self._choices = choices
+        with self.source.changed.blocked():
+            # cleared first: magicgui appends new items at the end, not in order
+            self.source.choices = []
+            self.source.reset_choices()
+            self.source.value = value if kept else CURRENT if CURRENT in values else values[0]
+        if not kept:
+            self.refresh()
+            self.changed.emit(self.value)
+
     # -- internals --------------------------------------------------------
+    def _current_choices(self, widget: Any = None) -> list[tuple[str, str]]:
+        return self._choices
+
     def _key(self) -> tuple[str, int, int] | None:
         path = self.file.value
         if path is None:

@@ -2,6 +2,10 @@
 
 Stored as a small JSON file next to napari's own settings file (so a napari
 settings reset or a custom ``NAPARI_CONFIG`` location applies to them too).
+The training autosave (:func:`autosave_path`) and the model versions
+(:func:`versions_path`) live beside it; the ``"version"`` setting names the
+current version, which the next napari session restores
+(:meth:`napari_unet._widgets._session.Session.restore`).
 
 The defaults of the training settings are the defaults of
 :class:`~napari_unet.core.train_config.TrainConfig` (:data:`TRAIN_SETTINGS`): they
@@ -41,6 +45,8 @@ TRAIN_SETTINGS = ("w0", "sigma", "base_channels", "steps", "minutes")
 WIDGET_DEFAULTS: dict[str, Any] = {
     "tile_size": 0,  # 0 = automatic (from memory): iter_segment's tile_size=None
     "device": DEVICES[0],
+    # the session's current model version ("v2", in versions_path()); "" = none
+    "version": "",
 }
 
 
@@ -78,6 +84,17 @@ def settings_path() -> Path:
 def autosave_path() -> Path:
     """Where training writes its best model as it goes (survives a crash)."""
     return settings_path().with_name("napari-unet-autosave.pt")
+
+
+def versions_path() -> Path:
+    """The folder of the model versions that training runs make: beside the autosave.
+
+    See :func:`napari_unet.core.versions.versions_folder`; the current version's
+    name is the ``"version"`` setting.
+    """
+    from napari_unet.core.versions import versions_folder
+
+    return versions_folder(autosave_path())
 
 
 def load_settings() -> dict[str, Any]:

@@ -12,6 +12,15 @@ weights every few seconds (in the training thread, as the core's
 Predict widget's layer ``"<image> prediction"``; panning, zooming or moving
 the slider moves the previewed window.
 
+Every finished run (stopped or not) becomes a model version (``v1``, ``v2``,
+...: :mod:`napari_unet.core.versions`) in the store beside the autosave. The
+"Version" row lists them, newest first, with the current one selected:
+choosing another makes it the session's model at once. "Retrain" fine-tunes
+the current version on the current annotations (corrected predictions
+included); the new version and the one it replaces are scored on the same
+held-out pixels (the union of the runs' validation bands) in the worker, and
+the row says whether the correction helped.
+
 The fields start at the :class:`~napari_unet.core.train_config.TrainConfig`
 defaults (the budget, model size and weight-map settings at the last values
 used, :mod:`napari_unet._widgets._settings`); the task's preset sets the
@@ -23,6 +32,9 @@ picker (:mod:`~napari_unet._widgets._model_picker`), the worker lifecycle
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +49,7 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_error, show_info
 
 from napari_unet._widgets._layers import (
     LayerFollower,
@@ -50,7 +62,13 @@ from napari_unet._widgets._layers import (
     regions_layer_for,
     spatial_shape,
 )
-from napari_unet._widgets._model_picker import BUNDLED, CURRENT, FILE, ModelPicker, model_choices
+from napari_unet._widgets._model_picker import (
+    BUNDLED,
+    CURRENT,
+    FILE,
+    ModelPicker,
+    model_choices,
+)
 from napari_unet._widgets._session import METADATA_KEY, get_session
 from napari_unet._widgets._settings import (
     advanced_section,
@@ -71,6 +89,9 @@ if TYPE_CHECKING:
     from napari_unet.core.model import UNet
     from napari_unet.core.preview import PreviewUpdate
     from napari_unet.core.training import TrainConfig, TrainProgress, TrainResult
+    from napari_unet.core.versions import ModelVersion, VersionStore
+
+logger = logging.getLogger(__name__)
 
 #: "Start from" choices: (label shown, value); a bundled model's value is its name.
 START_CHOICES = model_choices([BUNDLED, SCRATCH, CURRENT, FILE])
@@ -95,6 +116,116 @@ def format_duration(seconds: float) -> str:
     if minutes:
         return f"{minutes} min {secs:02d} s"
     return f"{secs} s"
+
+
+@dataclass
+class VersionPlan:
+    """What a training job needs to keep its run as a model version (made in the GUI thread).
+
+    Attributes
+    ----------
+    store : VersionStore
+        Where the version goes.
+    parent : str
+        What the run starts from (a version's name, a bundled model, a file, ``"scratch"``).
+    crops, sources : lists
+        The run's examples and where they come from.
+    validated : bool
+        The run holds out a validation band of each example.
+    compare : list of str
+        Versions to score the new one against (the current one, the parent).
+    runs : list of lists of Crop
+        The examples of those of them trained in this napari session, oldest
+        first: their bands join the held-out set, the pixels they trained on leave it.
+    """
+
+    store: VersionStore
+    parent: str
+    crops: list[Crop]
+    sources: list[str]
+    validated: bool
+    compare: list[str] = field(default_factory=list)
+    runs: list[list[Crop]] = field(default_factory=list)
+
+
+@dataclass
+class TrainOutcome:
+    """What the Train widget's job returns: the training result and its version.
+
+    Attributes
+    ----------
+    result : TrainResult
+    version : ModelVersion or None
+        The version the run was kept as (None: it could not be saved, see ``note``).
+    note : str
+        Why there is no version or no comparison ("" if nothing to say).
+    """
+
+    result: TrainResult
+    version: ModelVersion | None = None
+    note: str = ""
+
+
+def train_and_record(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    *,
+    plan: VersionPlan | None = None,
+    **options: Any,
+) -> Generator[Any, None, TrainOutcome]:
+    """Run :func:`~napari_unet.core.iter_train`, then keep the run as a version (in a worker).
+
+    Yields what training yields, then a status line (a str) while the new
+    model and the versions of ``plan.compare`` are scored on the same
+    held-out pixels (:meth:`~napari_unet.core.versions.VersionStore.compare`).
+    A comparison or a version that cannot be made is explained in the
+    outcome's ``note``; the trained model is never lost (it is in the result
+    and the autosave).
+    """
+    from napari_unet.core.training import iter_train
+
+    result = yield from iter_train(images, labels, **options)
+    if plan is None:
+        return TrainOutcome(result)
+    try:
+        return (yield from _record_version(result, plan))
+    except Exception as err:  # the trained model reaches the viewer whatever failed here
+        logger.exception("could not keep the training run as a model version")
+        return TrainOutcome(result, None, f"not kept as a version: {err}")
+
+
+def _record_version(result: TrainResult, plan: VersionPlan) -> Generator[str, None, TrainOutcome]:
+    from napari_unet.core.versions import held_out_set, summarize_annotations
+
+    store = plan.store
+    summary = summarize_annotations(
+        [c.labels for c in plan.crops], [c.mask for c in plan.crops], sources=plan.sources
+    )
+    try:
+        name = store.next_name()
+    except ValueError as err:  # a corrupt index: VersionError
+        return TrainOutcome(result, None, f"not kept as a version: {err}")
+    comparison, note = None, ""
+    if plan.compare and not plan.validated:
+        note = "no comparison: this run held out no validation band (Advanced: Validate)"
+    elif plan.compare:
+        held = held_out_set(*plan.runs, plan.crops)
+        if not len(held):
+            note = "no comparison: no held-out pixels with cells that no run trained on"
+        else:
+            yield (
+                f"Scoring {name} and {', '.join(plan.compare)} on the same "
+                f"{held.n_pixels} held-out pixels…"
+            )
+            try:
+                comparison = store.compare(plan.compare, held, extra={name: result.model})
+            except (ValueError, OSError) as err:
+                note = f"no comparison with {', '.join(plan.compare)}: {err}"
+    try:
+        version = store.add(result, parent=plan.parent, annotations=summary, comparison=comparison)
+    except (ValueError, OSError) as err:
+        return TrainOutcome(result, None, f"not kept as a version: {err}")
+    return TrainOutcome(result, version, note)
 
 
 #: Loss weightings offered (label, TrainConfig.weighting).
@@ -141,6 +272,14 @@ class TrainWidget(Container):
     advanced : superqt.QCollapsible
         The folded section: model size, loss weights (w0, sigma), patch and
         batch size, learning rate, scale augmentation, validation.
+    version : ComboBox
+        The model versions of the store (newest first) with the current one
+        selected; choosing another makes it the session's model at once.
+    retrain_button : PushButton
+        Fine-tune the current version on the current annotations (:meth:`retrain`).
+    versions_info : Label
+        The current version's scores: after a retrain, the new and the
+        previous version on the same held-out pixels.
     plot : TrainingPlot
         Live loss / validation plot.
     progress_bar : napari.utils.progress or None
@@ -148,6 +287,8 @@ class TrainWidget(Container):
         binding budget, time or steps).
     last_result : TrainResult or None
         Result of the last finished training.
+    last_version : ModelVersion or None
+        The version the last finished training was kept as.
     """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
@@ -163,6 +304,13 @@ class TrainWidget(Container):
         self.progress_bar: Any = None
         self._job_start: str | None = None
         self.last_result: TrainResult | None = None
+        self.last_version: ModelVersion | None = None
+        self._last_note = ""
+        # the examples of the versions trained here (for fair comparisons), and
+        # whether their runs held out validation bands
+        self._runs: dict[str, tuple[list[Crop], bool]] = {}
+        self._job_plan: VersionPlan | None = None
+        self._version_choices: list[tuple[str, str]] = []
         self.preview = LivePreview()
         self.previews_shown = 0
         self._preview_job: dict[str, Any] = {}  # the previewed image layer and its geometry
@@ -285,6 +433,35 @@ class TrainWidget(Container):
         )
         buttons.margins = (0, 0, 0, 0)
         self.status = Label(value="Not trained yet.", label="Status")
+        self.version = ComboBox(
+            # a callable: the form's reset_choices (napari calls it as layers change) keeps them
+            choices=lambda widget: self._version_choices,
+            label="Version",
+            tooltip="Every training run is kept as a version (v1, v2, …) beside the "
+            "autosave. Choose one to make it the current model at once (for '4. Predict' "
+            "and 'Retrain').",
+        )
+        self.retrain_button = PushButton(
+            text="Retrain",
+            enabled=False,
+            tooltip="Fine-tune the current version on the current annotations (with the "
+            "cells copied by '4. Predict' → 'Use as annotation' and corrected), with the "
+            "budget above. The new version and this one are then scored on the same "
+            "held-out pixels.",
+        )
+        versions_row = Container(
+            widgets=[self.version, self.retrain_button],
+            layout="horizontal",
+            labels=False,
+            label="Version",
+        )
+        versions_row.margins = (0, 0, 0, 0)
+        from qtpy.QtWidgets import QSizePolicy
+
+        # the versions' labels are long: the combo box takes the width, the button its text's
+        self.retrain_button.native.setSizePolicy(QSizePolicy.Maximum, QSizePolicy.Fixed)
+        versions_row.native.layout().setStretch(0, 1)
+        self.versions_info = Label(value="")
 
         self.extend(
             [
@@ -301,6 +478,8 @@ class TrainWidget(Container):
                 self.live_preview,
                 buttons,
                 self.status,
+                versions_row,
+                self.versions_info,
             ]
         )
         # what a microscopist rarely changes: folded away, the task's preset sets it
@@ -321,7 +500,7 @@ class TrainWidget(Container):
             title="Advanced: model size, loss weights, patches, learning rate, validation",
         )
 
-        for label in (self.data_info, self.task_info, self.status):
+        for label in (self.data_info, self.task_info, self.status, self.versions_info):
             label.native.setWordWrap(True)
         from napari_unet._widgets._plot import TrainingPlot
 
@@ -341,6 +520,7 @@ class TrainWidget(Container):
                 self.steps,
                 self.minutes,
                 self.device,
+                self.version,
             ],
             on_running=self._on_running,
             cancel_quits=False,  # the job returns the best model so far
@@ -361,10 +541,16 @@ class TrainWidget(Container):
         self.weighting.changed.connect(self._on_weighting_changed)
         self.save_button.changed.connect(self._on_save_clicked)
         self.live_preview.changed.connect(self._on_live_preview_changed)
-        get_session(viewer).model_changed.connect(self._on_model_changed)
+        self.version.changed.connect(self._on_version_selected)
+        self.retrain_button.changed.connect(self._on_retrain_clicked)
+        session = get_session(viewer)
+        session.model_changed.connect(self._on_model_changed)
+        session.versions_changed.connect(self.update_versions)
         self.picker.refresh()
         self._show_start()
         self._on_labels_changed()
+        session.restore()  # the version of the last napari session, if any
+        self.update_versions()
 
     # -- public API -------------------------------------------------------
     @property
@@ -372,13 +558,21 @@ class TrainWidget(Container):
         """True while a training worker runs."""
         return self._runner.is_running
 
-    def start(self) -> GeneratorWorker:
-        """Start training with the form's values.
+    def start(self, *, from_version: str | None = None) -> GeneratorWorker:
+        """Start training with the form's values; the run becomes a new version.
+
+        Parameters
+        ----------
+        from_version : str, optional
+            Fine-tune this version (of the session's store) instead of the
+            "Start from" choice (:meth:`retrain` passes the current version).
 
         Returns
         -------
         worker : GeneratorWorker
-            The running napari worker (yields ``TrainProgress``, returns ``TrainResult``).
+            The running napari worker (yields ``TrainProgress``, ``PreviewUpdate``
+            and a status line while it scores versions; returns a
+            :class:`TrainOutcome`).
 
         Raises
         ------
@@ -386,15 +580,22 @@ class TrainWidget(Container):
             If training is running, nothing is annotated, or the starting
             model is missing or does not fit the image.
         """
-        from napari_unet.core.training import iter_train
-
         if self.is_running:
             raise ValueError("training is already running")
         self.update_summary()
         crops, sources = self._collect_crops()
         channels = 1 if crops[0].image.ndim == 2 else crops[0].image.shape[0]
         self._follow_labels([c.labels for c in crops], channels, [c.mask for c in crops])
-        model = self._starting_model()
+        session = get_session(self._viewer)
+        if from_version is not None:
+            if session.version == from_version and session.model is not None:
+                model = session.model
+            else:
+                model = session.load_version(from_version)
+            parent, start_text = from_version, f"version {from_version}"
+        else:
+            model = self._starting_model()
+            parent, start_text = self.picker.origin(), self.picker.description()
         if model is not None and model.in_channels != channels:
             raise ValueError(
                 f"the starting model expects {model.in_channels} channel(s) but the image has "
@@ -411,7 +612,8 @@ class TrainWidget(Container):
         )
 
         self._job_layers = sources
-        self._job_start = self.picker.description()
+        self._job_start = start_text
+        self._job_plan = self._version_plan(session, parent, crops, sources, config)
         self.plot.clear()
         from napari.utils import progress
 
@@ -423,9 +625,10 @@ class TrainWidget(Container):
         )
         how = f"Fine-tuning {self._job_start}" if self._job_start else "Training a new network"
         return self._runner.start(
-            iter_train,
+            train_and_record,
             [c.image for c in crops],
             [c.labels for c in crops],
+            plan=self._job_plan,
             masks=[c.mask for c in crops],
             model=model,
             config=config,
@@ -439,6 +642,43 @@ class TrainWidget(Container):
             returned=self._on_trained,
             finished=self._on_finished,
         )
+
+    def retrain(self) -> GeneratorWorker:
+        """Fine-tune the current version on the current annotations: the next version.
+
+        The annotations are read afresh (corrected predictions included) and
+        split into training and validation bands as in any run; the new
+        version is scored against the current one on the same held-out pixels.
+
+        Returns
+        -------
+        worker : GeneratorWorker
+            As :meth:`start`.
+
+        Raises
+        ------
+        ValueError
+            If there is no current version, or as :meth:`start`.
+        """
+        name = get_session(self._viewer).version
+        if name is None:
+            raise ValueError(
+                "there is no current version to retrain: train a first one with 'Train', "
+                "or choose a version"
+            )
+        return self.start(from_version=name)
+
+    def use_version(self, name: str) -> UNet:
+        """Make version ``name`` the session's model (as choosing it in "Version" does).
+
+        Raises
+        ------
+        ValueError
+            If the store holds no such version or its file is missing or corrupt.
+        """
+        model = get_session(self._viewer).use_version(name)
+        self.update_versions()
+        return model
 
     def stop(self) -> None:
         """Stop after the current step; the best model so far is kept."""
@@ -460,15 +700,20 @@ class TrainWidget(Container):
         from napari_unet.core.checkpoint import save_model
 
         session = get_session(self._viewer)
-        model = self.last_result.model if self.last_result is not None else session.model
+        model = session.model  # the current version after a switch
+        if model is None and self.last_result is not None:
+            model = self.last_result.model
         if model is None:
             raise ValueError("there is no trained model to save yet")
         path = Path(path)
         if not path.suffix:
             path = path.with_suffix(".pt")
-        saved = save_model(path, model, training_layers=self._job_layers)
+        layers = self._job_layers
+        if self.last_result is None or model is not self.last_result.model:
+            layers = self._version_sources(session.version)
+        saved = save_model(path, model, training_layers=layers)
         if session.model is model:
-            session.set_model(model, saved)
+            session.set_model(model, saved, version=session.version)
         show_info(f"Saved the U-Net model to {saved}")
         return saved
 
@@ -537,6 +782,43 @@ class TrainWidget(Container):
 
     def _starting_model(self) -> UNet | None:
         return self.picker.load()
+
+    def _version_plan(
+        self,
+        session: Any,
+        parent: str,
+        crops: list[Crop],
+        sources: list[str],
+        config: TrainConfig,
+    ) -> VersionPlan:
+        """The run's version: its parent, and the versions it is compared with."""
+        versions, _ = session.versions()
+        known = {v.name: v for v in versions}
+        compare = sorted(
+            {n for n in (session.version, parent) if n in known},
+            key=lambda n: known[n].number,
+        )
+        # a version trained here without validation trained on its bands: no fair score
+        compare = [n for n in compare if self._runs.get(n, ([], True))[1]]
+        return VersionPlan(
+            store=session.store,
+            parent=parent,
+            crops=crops,
+            sources=sources,
+            validated=config.validation == "auto",
+            compare=compare,
+            runs=[self._runs[n][0] for n in compare if n in self._runs],
+        )
+
+    def _version_sources(self, name: str | None) -> list[str]:
+        """Where version ``name``'s training examples came from (as its record says)."""
+        if name is None:
+            return []
+        versions, _ = get_session(self._viewer).versions()
+        for version in versions:
+            if version.name == name and version.annotations is not None:
+                return list(version.annotations.sources)
+        return []
 
     @staticmethod
     def _planes(labels: Any) -> list[int]:
@@ -671,6 +953,84 @@ class TrainWidget(Container):
         self.save_button.enabled = not self.is_running and (
             self.last_result is not None or model is not None
         )
+        self.update_versions()
+
+    # -- versions ---------------------------------------------------------------
+    def update_versions(self) -> None:
+        """List the store's versions (newest first), select the current one, show its scores."""
+        session = get_session(self._viewer)
+        versions, error = session.versions()
+        current = session.version if any(v.name == session.version for v in versions) else None
+        choices = [(v.describe(), v.name) for v in reversed(versions)]
+        if versions and current is None:  # e.g. the model of a file: no version is current
+            choices.insert(0, ("(not a version: choose one to use it)", ""))
+        with self.version.changed.blocked():
+            if choices != self._version_choices:
+                self._version_choices = choices
+                # cleared first: magicgui appends new items at the end, not in order
+                self.version.choices = []
+                self.version.reset_choices()
+            if choices:
+                self.version.value = current or ""
+        running = self.is_running
+        self.version.enabled = bool(versions) and not running
+        self.retrain_button.enabled = current is not None and not running
+        self.retrain_button.text = f"Retrain {current}" if current else "Retrain"
+        self.versions_info.value = self._versions_text(versions, current, error)
+
+    def _versions_text(
+        self, versions: list[ModelVersion], current: str | None, error: str | None
+    ) -> str:
+        if error is not None:
+            return f"The model versions cannot be read: {error}"
+        if not versions:
+            return "Each training run is kept as a version (v1, v2, …) to compare and go back to."
+        if current is None:
+            return "The current model is not one of these versions."
+        version = next(v for v in versions if v.name == current)
+        lines = []
+        cmp = version.comparison
+        if cmp is not None and version.name in cmp.scores:
+            lines += [cmp.versus(version.name, other) for other in cmp.scores if other != current]
+            result = self.last_result
+            if (
+                self.last_version is not None
+                and self.last_version.name == current
+                and result is not None
+                and result.best_step == 0
+                and version.parent in cmp.scores
+            ):
+                lines.append(
+                    f"Training did not beat {version.parent} on validation: {current} "
+                    f"keeps {version.parent}'s weights."
+                )
+        elif "score" in version.scores:
+            lines.append(
+                f"{current}: validation score {version.scores['score']:.2f} on its own "
+                "held-out band."
+            )
+        else:
+            lines.append(f"{current}: no validation scores.")
+        if self.last_version is not None and self.last_version.name == current and self._last_note:
+            lines.append(self._last_note[0].upper() + self._last_note[1:] + ".")
+        return "\n".join(lines)
+
+    def _on_version_selected(self, value: Any = None) -> None:
+        name = self.version.value
+        session = get_session(self._viewer)
+        if not name or name == session.version:
+            return
+        try:
+            self.use_version(name)
+        except (ValueError, OSError) as err:
+            show_error(f"Cannot switch to version {name}: {err}")
+            self.update_versions()  # back to the current one
+
+    def _on_retrain_clicked(self, value: Any = None) -> None:
+        try:
+            self.retrain()
+        except ValueError as err:  # bad input: tell the user, keep the form
+            show_error(f"Cannot retrain: {err}")
 
     # -- live preview ---------------------------------------------------------
     def _start_preview(self, channels: int) -> None:
@@ -724,15 +1084,16 @@ class TrainWidget(Container):
         layer.refresh()
         self.previews_shown += 1
 
-    def _on_progress(self, event: TrainProgress | PreviewUpdate) -> None:
+    def _on_progress(self, event: TrainProgress | PreviewUpdate | str) -> None:
         from napari_unet.core.preview import PreviewUpdate
 
+        if isinstance(event, str):  # after training: scoring and saving the version
+            self.status.value = event
+            return
         if isinstance(event, PreviewUpdate):
             self._show_preview(event)
             return
         self.plot.add_loss(event.step, event.loss)
-        if self.progress_bar is not None:
-            self.progress_bar.update(int(event.fraction * 1000) - self.progress_bar.n)
         parts = [
             f"step {event.step}",
             f"{event.fraction:.0%} of the budget",
@@ -746,10 +1107,25 @@ class TrainWidget(Container):
         parts.append(f"ETA {format_duration(event.eta)}")
         if not self._runner.stop_event.is_set():
             self.status.value = " · ".join(parts)
+        if self.progress_bar is not None:
+            # last: napari's bar processes events, so the job's end may run inside it
+            self.progress_bar.update(int(event.fraction * 1000) - self.progress_bar.n)
 
-    def _on_trained(self, result: TrainResult) -> None:
-        self.last_result = result
-        get_session(self._viewer).set_model(result.model)
+    def _on_trained(self, outcome: TrainOutcome) -> None:
+        result, version = outcome.result, outcome.version
+        self.last_result, self.last_version = result, version
+        self._last_note = outcome.note
+        session = get_session(self._viewer)
+        plan, self._job_plan = self._job_plan, None
+        if version is not None and plan is not None:
+            self._runs[version.name] = (plan.crops, plan.validated)
+            # named as its file is: a run started from it records the version it started from
+            result.model.metadata["name"] = version.name
+            session.set_model(result.model, plan.store.folder / version.file, version=version.name)
+            save_settings(version=version.name)
+            session.versions_changed.emit()  # the pickers and the Version row list it
+        else:
+            session.set_model(result.model)
         reason = {
             "steps": "all steps done",
             "time": "time budget spent",
@@ -775,11 +1151,14 @@ class TrainWidget(Container):
             )
         how = f"fine-tuned {self._job_start}" if self._job_start else "trained from scratch"
         summary = f"{how}, {result.steps} steps in {format_duration(result.elapsed)}"
-        self.status.value = f"Done ({reason}): {summary}; {score}."
-        show_info(
-            f"U-Net training finished ({reason}): {summary}; {score}. It is now the current "
-            "model for '4. Predict'; use 'Save model…' to keep it."
-        )
+        if version is not None:
+            kept, lost = f", kept as version {version.name}", ""
+            where = f"It is version {version.name} and now the current model for '4. Predict'"
+        else:
+            kept, lost = "", f" Not kept as a version ({outcome.note})." if outcome.note else ""
+            where = "It is now the current model for '4. Predict'; use 'Save model…' to keep it"
+        self.status.value = f"Done ({reason}){kept}: {summary}; {score}.{lost}"
+        show_info(f"U-Net training finished ({reason}): {summary}; {score}. {where}.")
 
     def _on_finished(self) -> None:
         self._view.stop()
@@ -791,5 +1170,8 @@ class TrainWidget(Container):
         self.save_button.enabled = not running and (
             self.last_result is not None or get_session(self._viewer).model is not None
         )
+        session = get_session(self._viewer)
+        self.retrain_button.enabled = not running and session.version is not None
         if not running:
             self._show_start()
+            self.update_versions()

@@ -68,6 +68,7 @@ __all__ = [
     "iter_train",
     "train",
     "validation_band",
+    "validation_image",
     "validation_interval",
 ]
 
@@ -191,9 +192,25 @@ def _as_list(items: Sequence[Any] | None, n: int, name: str) -> list[Any]:
     return items
 
 
-def _val_image(
+def validation_image(
     image: ArrayLike, labels: ArrayLike, mask: ArrayLike | None, model: UNet
 ) -> _ValImage:
+    """Prepare one validation example for :func:`evaluate`, as ``model`` sees its input.
+
+    The image is normalized with the model's settings and cropped to the
+    annotated (``mask``) pixels plus the network's context around them.
+
+    Parameters
+    ----------
+    image : array of shape (M, N) or (C, M, N)
+        Raw image.
+    labels : array of shape (M, N)
+        Instance labels (0 = background).
+    mask : bool array of shape (M, N), optional
+        The pixels to score (None = all).
+    model : UNet
+        The model to be scored (its channels, normalization and margin).
+    """
     sample = prepare_sample(
         image,
         labels,
@@ -363,7 +380,7 @@ def iter_train(
     net.metadata = {**net.metadata, "task": config.task}  # a preview labels as for its task
 
     val: list[_ValImage] = [
-        _val_image(img, lab, None, net)
+        validation_image(img, lab, None, net)
         for img, lab in zip(
             validation_images,
             _as_list(validation_labels, len(validation_images), "labels"),
@@ -375,7 +392,7 @@ def iter_train(
             parts = validation_band(label, mask)
             if parts is not None:
                 masks[i] = parts[0]
-                val.append(_val_image(image, label, parts[1], net))
+                val.append(validation_image(image, label, parts[1], net))
     samples, scale_weights = _training_samples(images, labels, masks, net, config)
 
     patch = net.valid_input_size(config.patch_size)

@@ -365,6 +365,15 @@ def held_out_set(*runs: Sequence[Crop]) -> HeldOut:
     return HeldOut(tuple(images), tuple(all_labels), tuple(masks))
 
 
+def _count(n: int) -> str:
+    """``412345`` as ``"412k"``, ``1234567`` as ``"1.2M"``."""
+    if n >= 1_000_000:
+        return f"{n / 1_000_000:.1f}M"
+    if n >= 10_000:
+        return f"{n / 1000:.0f}k"
+    return str(n)
+
+
 @dataclass(frozen=True)
 class HeldOutScores:
     """Several models' scores on the same held-out annotations.
@@ -400,6 +409,42 @@ class HeldOutScores:
         return "\n".join(
             f"{name}: score {s['score']:.2f} (IoU {s['iou']:.2f}, F1 {s['f1']:.2f}) {where}"
             for name, s in self.scores.items()
+        )
+
+    def versus(self, new: str, old: str) -> str:
+        """One line comparing two of the models, for a status line.
+
+        Parameters
+        ----------
+        new, old : str
+            Names of two scored models (e.g. the new version and the previous one).
+
+        Returns
+        -------
+        str
+            Both scores, the held-out pixels they share and the verdict:
+            ``better``, ``worse`` or ``about the same`` (within 0.005).
+
+        Raises
+        ------
+        KeyError
+            If either model was not scored here.
+
+        Examples
+        --------
+        >>> s = HeldOutScores({"v2": {"score": 0.812}, "v1": {"score": 0.78}}, "ab12", 3, 412_345)
+        >>> s.versus("v2", "v1")
+        'v2 0.81 vs v1 0.78 on the same 412k held-out pixels (better)'
+        """
+        missing = [n for n in (new, old) if n not in self.scores]
+        if missing:
+            scored = ", ".join(self.scores)
+            raise KeyError(f"no held-out scores of {', '.join(missing)} (scored: {scored})")
+        a, b = self.scores[new]["score"], self.scores[old]["score"]
+        verdict = "better" if a - b > 0.005 else "worse" if b - a > 0.005 else "about the same"
+        return (
+            f"{new} {a:.2f} vs {old} {b:.2f} on the same {_count(self.n_pixels)} held-out "
+            f"pixels ({verdict})"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -467,7 +512,7 @@ def score_versions(
     """
     from napari_unet.core.checkpoint import suggested_threshold
     from napari_unet.core.train_config import TrainConfig
-    from napari_unet.core.training import _val_image, evaluate
+    from napari_unet.core.training import evaluate, validation_image
 
     if not len(held_out):
         raise ValueError(
@@ -482,7 +527,7 @@ def score_versions(
         model.eval()
         try:
             val = [
-                _val_image(image, labels, mask, model)
+                validation_image(image, labels, mask, model)
                 for image, labels, mask in zip(
                     held_out.images, held_out.labels, held_out.masks, strict=True
                 )
