@@ -104,6 +104,24 @@ def annotated_viewer(
     return viewer, labels
 
 
+def nuclei_viewer(n_planes: int, annotated: list[int]) -> tuple:
+    """The first ``n_planes`` of :data:`IMAGE_IDS` as a stack, ``annotated`` planes painted.
+
+    Returns ``(viewer, labels_layer, truth)``; the annotated planes hold their
+    ground truth, as if painted, and are marked as annotated.
+    """
+    pairs = [load(prefix) for prefix in IMAGE_IDS[:n_planes]]
+    image = np.stack([p[0] for p in pairs])
+    truth = np.stack([p[1] for p in pairs]).astype(np.uint32)
+    annotations = np.zeros_like(truth)
+    annotations[annotated] = truth[annotated]
+    contrast = (0, float(np.percentile(image, 99.8)))
+    viewer, labels = annotated_viewer(
+        image, annotations, "nuclei", annotated, contrast_limits=contrast
+    )
+    return viewer, labels, truth
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=5.0, help="training time cap (minutes)")
@@ -111,17 +129,8 @@ def main() -> None:
     args = parser.parse_args()
     from napari_unet.core.metrics import f1_at
 
-    pairs = [load(prefix) for prefix in IMAGE_IDS]
-    image = np.stack([p[0] for p in pairs])
-    truth = np.stack([p[1] for p in pairs]).astype(np.uint32)
-    annotations = np.zeros_like(truth)
-    annotations[ANNOTATED] = truth[ANNOTATED]
-
     OUT.mkdir(parents=True, exist_ok=True)
-    contrast = (0, float(np.percentile(image, 99.8)))
-    viewer, labels = annotated_viewer(
-        image, annotations, "nuclei", ANNOTATED, contrast_limits=contrast
-    )
+    viewer, labels, truth = nuclei_viewer(len(IMAGE_IDS), ANNOTATED)
 
     # ---- 3. Train
     train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")

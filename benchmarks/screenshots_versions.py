@@ -21,8 +21,7 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
-from screenshots_train_predict import IMAGE_IDS, annotated_viewer, load, save, wait_for
+from screenshots_train_predict import nuclei_viewer, save, wait_for
 
 
 def main() -> None:
@@ -32,15 +31,7 @@ def main() -> None:
 
     from napari_unet._widgets._session import annotation_info
 
-    pairs = [load(prefix) for prefix in IMAGE_IDS[:3]]
-    image = np.stack([p[0] for p in pairs])
-    truth = np.stack([p[1] for p in pairs]).astype(np.uint32)
-    annotations = np.zeros_like(truth)
-    annotations[:2] = truth[:2]
-    contrast = (0, float(np.percentile(image, 99.8)))
-    viewer, labels = annotated_viewer(
-        image, annotations, "nuclei", [0, 1], contrast_limits=contrast
-    )
+    viewer, labels, truth = nuclei_viewer(3, [0, 1])
 
     _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
     train.labels_layer.value = labels

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from napari_unet.core.annotations import Crop
+    from napari_unet.core.train_config import TrainConfig
 
 
 def touching_disks(
@@ -35,6 +42,31 @@ def cell_stack(n_planes: int, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
     truth = np.stack([touching_disks(n=n, radius=(6, 11), seed=s) for s in range(n_planes)])
     image = np.stack([image_of(t, seed=s) for s, t in enumerate(truth)])
     return image, truth
+
+
+def disk_crop(seed: int = 0) -> Crop:
+    """A fully annotated 64 x 64 training example of touching disks (``"plane <seed>"``)."""
+    from napari_unet.core.annotations import Crop
+
+    labels = touching_disks((64, 64), n=8, radius=(5, 9), seed=seed)
+    return Crop(image_of(labels, seed), labels, np.ones(labels.shape, bool), f"plane {seed}")
+
+
+def tiny_train_config(**changes: Any) -> TrainConfig:
+    """A few cheap training steps (seeded, float32), validated on the held-out band."""
+    from napari_unet.core.train_config import TrainConfig
+
+    config = TrainConfig(
+        steps=8,
+        batch_size=1,
+        patch_size=92,
+        depth=2,
+        base_channels=4,
+        validate_every=4,
+        seed=0,
+        mixed_precision=False,
+    )
+    return dataclasses.replace(config, **changes)
 
 
 def membrane_mask(shape: tuple[int, int] = (96, 96), spacing: int = 12) -> np.ndarray:

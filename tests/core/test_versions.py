@@ -11,43 +11,24 @@ import numpy as np
 import pytest
 
 from napari_unet.core import ModelFileError, load_model
-from napari_unet.core.annotations import Crop
+from napari_unet.core.held_out import HeldOutScores, held_out_set, score_versions
 from napari_unet.core.model import UNet
 from napari_unet.core.tiling import predict_tiled
-from napari_unet.core.training import TrainConfig, train, validation_band
+from napari_unet.core.training import train, validation_band
 from napari_unet.core.versions import (
     INDEX_NAME,
     AnnotationSummary,
-    HeldOut,
-    HeldOutScores,
     ModelVersion,
     UnknownVersionError,
     VersionError,
     VersionStore,
-    held_out_set,
-    score_versions,
     summarize_annotations,
     training_scores,
     versions_folder,
 )
-from synthetic import image_of, touching_disks
+from synthetic import disk_crop, tiny_train_config
 
-#: A few cheap steps (seeded, float32) with validation on the held-out band.
-TINY = TrainConfig(
-    steps=8,
-    batch_size=1,
-    patch_size=92,
-    depth=2,
-    base_channels=4,
-    validate_every=4,
-    seed=0,
-    mixed_precision=False,
-)
-
-
-def example(seed):
-    labels = touching_disks((64, 64), n=8, radius=(5, 9), seed=seed)
-    return Crop(image_of(labels, seed), labels, np.ones(labels.shape, bool), f"plane {seed}")
+TINY = tiny_train_config()
 
 
 def run_training(crops, model=None, config=TINY):
@@ -72,11 +53,11 @@ def session(tmp_path_factory):
     """The live loop: train v1, correct (add a plane), fine-tune v1 into v2."""
     autosave = tmp_path_factory.mktemp("cfg") / "napari-unet-autosave.pt"
     store = VersionStore(versions_folder(autosave))
-    run1 = [example(0)]
+    run1 = [disk_crop(0)]
     result1 = run_training(run1)
     v1 = store.add(result1, parent="scratch", annotations=summary(run1))
 
-    run2 = [example(0), example(1)]
+    run2 = [disk_crop(0), disk_crop(1)]
     start = store.load("v1")  # what the Train widget fine-tunes from
     result2 = run_training(run2, start, dataclasses.replace(TINY, steps=16, learning_rate=1e-2))
     held = held_out_set(run1, run2)
@@ -159,7 +140,7 @@ def test_versions_are_scored_on_the_same_held_out_band(session):
 
 def test_switching_back_restores_the_first_models_predictions_exactly(session):
     store, original = session.store, session.result1.model
-    image = original.normalization(example(5).image)
+    image = original.normalization(disk_crop(5).image)
     v2 = predict_tiled(store.load("v2"), image, device="cpu")
     v1 = predict_tiled(store.load("v1"), image, device="cpu")  # after v2: switch back
     np.testing.assert_array_equal(v1, predict_tiled(original, image, device="cpu"))
@@ -243,29 +224,6 @@ def test_add_writes_atomically_and_numbers_after_orphans(copy):
     assert copy.add(UNet(depth=2, base_channels=2)).parent == "unknown"
 
 
-def test_held_out_set_leaves_out_pixels_a_run_trained_on():
-    labels = np.zeros((20, 8), np.int32)
-    labels[2:5, 2:5] = 1  # no cell in the bottom band: this run trains on everything
-    image = np.arange(160, dtype=np.float32).reshape(20, 8)
-    corrected = labels.copy()
-    corrected[17:20, 2:5] = 2  # a cell painted in the band
-    first = [Crop(image, labels, None, "plane 0")]
-    second = [Crop(image, corrected, None, "plane 0")]
-    assert len(held_out_set(second)) == 1
-    np.testing.assert_array_equal(held_out_set(second).masks[0], validation_band(corrected)[1])
-    held = held_out_set(first, second)  # the first run trained on the second's band
-    assert len(held) == 0 and held.n_pixels == 0
-    with pytest.raises(ValueError, match="no held-out annotations"):
-        score_versions({"v1": UNet(depth=2, base_channels=2)}, held)
-    # a new image of a later run brings its band; the latest labels are the truth
-    other = image + 1
-    held = held_out_set(second, [*second, Crop(other, corrected, None, "plane 1")])
-    assert len(held) == 2 and held.images[1] is other
-    assert held.digest == held_out_set(second, [*second, Crop(other, corrected, None, "")]).digest
-    with pytest.raises(ValueError, match="images"):
-        HeldOut((image,), (), ())
-
-
 def test_records_round_trip_through_json_and_reject_garbage(session):
     for version in (session.v1, session.v2):
         assert ModelVersion.from_dict(json.loads(json.dumps(version.to_dict()))) == version
@@ -316,14 +274,6 @@ def test_versus_names_both_scores_the_shared_pixels_and_the_verdict(session):
     assert line.startswith(f"v2 {v2:.2f} vs v1 {v1:.2f} on the same {comparison.n_pixels} ")
     verdict = "better" if v2 - v1 > 0.005 else "worse" if v1 - v2 > 0.005 else "about the same"
     assert line.endswith(f"held-out pixels ({verdict})")
-    scores = {"a": {"score": 0.5}, "b": {"score": 0.503}}
-    assert (
-        HeldOutScores(scores, "", 1, 1_250_000)
-        .versus("b", "a")
-        .endswith("on the same 1.2M held-out pixels (about the same)")
-    )
-    with pytest.raises(KeyError, match="no held-out scores of v9"):
-        comparison.versus("v9", "v1")
 
 
 def test_the_validation_image_is_public():

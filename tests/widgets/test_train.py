@@ -484,8 +484,8 @@ def test_two_runs_are_two_versions_scored_on_the_same_held_out_band(
 ):
     """Train, correct, retrain: v1 and v2, compared fairly, and one click back to v1."""
     from napari_unet._widgets._settings import load_settings
+    from napari_unet.core.held_out import held_out_set
     from napari_unet.core.tiling import predict_tiled
-    from napari_unet.core.versions import held_out_set
 
     viewer = annotated
     session = get_session(viewer)

@@ -18,8 +18,9 @@ Every finished run (stopped or not) becomes a model version (``v1``, ``v2``,
 choosing another makes it the session's model at once. "Retrain" fine-tunes
 the current version on the current annotations (corrected predictions
 included); the new version and the one it replaces are scored on the same
-held-out pixels (the union of the runs' validation bands) in the worker, and
-the row says whether the correction helped.
+held-out pixels (the union of the runs' validation bands) in the worker
+(:func:`~napari_unet.core.train_versions.train_and_record`: training, then
+the version), and the row says whether the correction helped.
 
 The fields start at the :class:`~napari_unet.core.train_config.TrainConfig`
 defaults (the budget, model size and weight-map settings at the last values
@@ -32,9 +33,6 @@ picker (:mod:`~napari_unet._widgets._model_picker`), the worker lifecycle
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Generator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -79,7 +77,9 @@ from napari_unet._widgets._settings import (
 )
 from napari_unet._widgets._worker import JobRunner
 from napari_unet.core.pretrained import SCRATCH, default_start, pretrained_models
+from napari_unet.core.progress import format_duration
 from napari_unet.core.tasks import TASKS, detect_task
+from napari_unet.core.train_versions import VersionPlan, train_and_record
 
 if TYPE_CHECKING:
     import napari
@@ -88,146 +88,15 @@ if TYPE_CHECKING:
     from napari_unet.core.annotations import Crop
     from napari_unet.core.model import UNet
     from napari_unet.core.preview import PreviewUpdate
+    from napari_unet.core.train_versions import TrainOutcome
     from napari_unet.core.training import TrainConfig, TrainProgress, TrainResult
-    from napari_unet.core.versions import ModelVersion, VersionStore
-
-logger = logging.getLogger(__name__)
+    from napari_unet.core.versions import ModelVersion
 
 #: "Start from" choices: (label shown, value); a bundled model's value is its name.
 START_CHOICES = model_choices([BUNDLED, SCRATCH, CURRENT, FILE])
 #: "Task" choices: (label shown, task name).
 TASK_CHOICES = [("cells / nuclei", "cells"), ("membranes / regions", "membranes")]
 BASE_CHANNELS = [8, 16, 32, 64]
-
-
-def format_duration(seconds: float) -> str:
-    """Format seconds as ``"1 h 02 min"``, ``"3 min 05 s"`` or ``"42 s"``.
-
-    Examples
-    --------
-    >>> format_duration(185)
-    '3 min 05 s'
-    """
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min {secs:02d} s"
-    return f"{secs} s"
-
-
-@dataclass
-class VersionPlan:
-    """What a training job needs to keep its run as a model version (made in the GUI thread).
-
-    Attributes
-    ----------
-    store : VersionStore
-        Where the version goes.
-    parent : str
-        What the run starts from (a version's name, a bundled model, a file, ``"scratch"``).
-    crops, sources : lists
-        The run's examples and where they come from.
-    validated : bool
-        The run holds out a validation band of each example.
-    compare : list of str
-        Versions to score the new one against (the current one, the parent).
-    runs : list of lists of Crop
-        The examples of those of them trained in this napari session, oldest
-        first: their bands join the held-out set, the pixels they trained on leave it.
-    """
-
-    store: VersionStore
-    parent: str
-    crops: list[Crop]
-    sources: list[str]
-    validated: bool
-    compare: list[str] = field(default_factory=list)
-    runs: list[list[Crop]] = field(default_factory=list)
-
-
-@dataclass
-class TrainOutcome:
-    """What the Train widget's job returns: the training result and its version.
-
-    Attributes
-    ----------
-    result : TrainResult
-    version : ModelVersion or None
-        The version the run was kept as (None: it could not be saved, see ``note``).
-    note : str
-        Why there is no version or no comparison ("" if nothing to say).
-    """
-
-    result: TrainResult
-    version: ModelVersion | None = None
-    note: str = ""
-
-
-def train_and_record(
-    images: Sequence[Any],
-    labels: Sequence[Any],
-    *,
-    plan: VersionPlan | None = None,
-    **options: Any,
-) -> Generator[Any, None, TrainOutcome]:
-    """Run :func:`~napari_unet.core.iter_train`, then keep the run as a version (in a worker).
-
-    Yields what training yields, then a status line (a str) while the new
-    model and the versions of ``plan.compare`` are scored on the same
-    held-out pixels (:meth:`~napari_unet.core.versions.VersionStore.compare`).
-    A comparison or a version that cannot be made is explained in the
-    outcome's ``note``; the trained model is never lost (it is in the result
-    and the autosave).
-    """
-    from napari_unet.core.training import iter_train
-
-    result = yield from iter_train(images, labels, **options)
-    if plan is None:
-        return TrainOutcome(result)
-    try:
-        return (yield from _record_version(result, plan))
-    except Exception as err:  # the trained model reaches the viewer whatever failed here
-        logger.exception("could not keep the training run as a model version")
-        return TrainOutcome(result, None, f"not kept as a version: {err}")
-
-
-def _record_version(result: TrainResult, plan: VersionPlan) -> Generator[str, None, TrainOutcome]:
-    from napari_unet.core.versions import held_out_set, summarize_annotations
-
-    store = plan.store
-    summary = summarize_annotations(
-        [c.labels for c in plan.crops], [c.mask for c in plan.crops], sources=plan.sources
-    )
-    try:
-        name = store.next_name()
-    except ValueError as err:  # a corrupt index: VersionError
-        return TrainOutcome(result, None, f"not kept as a version: {err}")
-    comparison, note = None, ""
-    if plan.compare and not plan.validated:
-        note = "no comparison: this run held out no validation band (Advanced: Validate)"
-    elif plan.compare:
-        held = held_out_set(*plan.runs, plan.crops)
-        if not len(held):
-            note = "no comparison: no held-out pixels with cells that no run trained on"
-        else:
-            yield (
-                f"Scoring {name} and {', '.join(plan.compare)} on the same "
-                f"{held.n_pixels} held-out pixels…"
-            )
-            try:
-                comparison = store.compare(plan.compare, held, extra={name: result.model})
-            except (ValueError, OSError) as err:
-                note = f"no comparison with {', '.join(plan.compare)}: {err}"
-    try:
-        version = store.add(result, parent=plan.parent, annotations=summary, comparison=comparison)
-    except (ValueError, OSError) as err:
-        return TrainOutcome(result, None, f"not kept as a version: {err}")
-    return TrainOutcome(result, version, note)
-
-
 #: Loss weightings offered (label, TrainConfig.weighting).
 WEIGHTINGS = [
     ("weight map: border term", "border"),
@@ -572,7 +441,7 @@ class TrainWidget(Container):
         worker : GeneratorWorker
             The running napari worker (yields ``TrainProgress``, ``PreviewUpdate``
             and a status line while it scores versions; returns a
-            :class:`TrainOutcome`).
+            :class:`~napari_unet.core.train_versions.TrainOutcome`).
 
         Raises
         ------

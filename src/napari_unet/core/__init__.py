@@ -66,17 +66,20 @@ _EXPORTS = {
     "next_region": "uncertainty",
     "SuggestedRegion": "uncertainty",
     "AnnotationSummary": "versions",
-    "HeldOut": "versions",
-    "HeldOutScores": "versions",
     "ModelVersion": "versions",
     "UnknownVersionError": "versions",
     "VersionError": "versions",
     "VersionStore": "versions",
-    "held_out_set": "versions",
-    "score_versions": "versions",
     "summarize_annotations": "versions",
     "training_scores": "versions",
     "versions_folder": "versions",
+    "HeldOut": "held_out",
+    "HeldOutScores": "held_out",
+    "held_out_set": "held_out",
+    "score_versions": "held_out",
+    "TrainOutcome": "train_versions",
+    "VersionPlan": "train_versions",
+    "train_and_record": "train_versions",
 }
 
 __all__ = sorted(_EXPORTS)
@@ -107,6 +110,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from napari_unet.core.device import select_device
     from napari_unet.core.distributed import predict_dask
+    from napari_unet.core.held_out import HeldOut, HeldOutScores, held_out_set, score_versions
     from napari_unet.core.io import open_image
     from napari_unet.core.large_plane import iter_segment_large, label_dask
     from napari_unet.core.linking import PlaneLinker, link_planes
@@ -123,18 +127,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.tasks import detect_task, task_config
     from napari_unet.core.tiling import TileProgress, iter_predict_tiled, predict_tiled, run_tiles
     from napari_unet.core.train_config import TrainConfig
+    from napari_unet.core.train_versions import TrainOutcome, VersionPlan, train_and_record
     from napari_unet.core.training import TrainProgress, TrainResult, iter_train, train
     from napari_unet.core.uncertainty import SuggestedRegion, next_region, uncertainty_map
     from napari_unet.core.versions import (
         AnnotationSummary,
-        HeldOut,
-        HeldOutScores,
         ModelVersion,
         UnknownVersionError,
         VersionError,
         VersionStore,
-        held_out_set,
-        score_versions,
         summarize_annotations,
         training_scores,
         versions_folder,

@@ -3,7 +3,8 @@
 Every long job in :mod:`napari_unet.core` (training, tiled prediction,
 segmentation, block-wise labelling) yields small progress events and returns
 its result (``StopIteration.value``). :func:`run_to_end` runs one for its
-result; :func:`relay` turns one job's events into another's.
+result; :func:`relay` turns one job's events into another's;
+:func:`format_duration` writes a job's elapsed time or ETA for a status line.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
-__all__ = ["relay", "run_to_end"]
+__all__ = ["format_duration", "relay", "run_to_end"]
 
 E = TypeVar("E")
 F = TypeVar("F")
@@ -55,3 +56,32 @@ def relay(job: Generator[E, None, R], convert: Callable[[E], F]) -> Generator[F,
         except StopIteration as stop:
             return stop.value
         yield convert(event)
+
+
+def format_duration(seconds: float) -> str:
+    """Format seconds as ``"1 h 02 min"``, ``"3 min 05 s"`` or ``"42 s"``.
+
+    Parameters
+    ----------
+    seconds : float
+        A duration (rounded to whole seconds; a negative one counts as 0).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> format_duration(185)
+    '3 min 05 s'
+    >>> format_duration(3725), format_duration(41.6)
+    ('1 h 02 min', '42 s')
+    """
+    total = max(0, round(seconds))
+    hours, rest = divmod(total, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min {secs:02d} s"
+    return f"{secs} s"
