@@ -8,7 +8,8 @@ are annotated with the true labels, chosen either
 * ``next``: one after another by :func:`napari_unet.core.next_region` on the
   uncertainty map of the pool (the most uncertain window of any pool image
   that overlaps no window chosen before), as the "Next region" button does, or
-* ``random``: at random positions of random pool images (no overlap),
+* ``random``: at random positions of random pool images (no overlap, at
+  least one cell in each),
 
 then the model is fine-tuned on those windows only (``--steps`` steps, the
 Train widget's defaults otherwise) and scored on the test images (F1@0.5,
@@ -65,8 +66,12 @@ def next_windows(model, images: list, size: int, n: int) -> list[Window]:
     return picked
 
 
-def random_windows(images: list, size: int, n: int, seed: int) -> list[Window]:
-    """``n`` non-overlapping windows at random places of random images."""
+def random_windows(images: list, masks: list, size: int, n: int, seed: int) -> list[Window]:
+    """``n`` non-overlapping windows with a cell at random places of random images.
+
+    A window without any cell is drawn again: training refuses an image whose
+    annotation holds no cell, and nobody annotates an empty window.
+    """
     rng = np.random.default_rng(seed)
     fits = [k for k, im in enumerate(images) if min(im.shape[-2:]) >= size]
     taken = {k: np.zeros(images[k].shape[-2:], bool) for k in fits}
@@ -75,8 +80,9 @@ def random_windows(images: list, size: int, n: int, seed: int) -> list[Window]:
         k = int(rng.choice(fits))
         h, w = images[k].shape[-2:]
         y, x = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-        if not taken[k][y : y + size, x : x + size].any():
-            taken[k][y : y + size, x : x + size] = True
+        window = (slice(y, y + size), slice(x, x + size))
+        if not taken[k][window].any() and masks[k][window].any():
+            taken[k][window] = True
             picked.append((k, y, x))
     return picked
 
@@ -138,7 +144,7 @@ def main() -> None:
         print(json.dumps({"seed": seed, "choice": "none (zero-shot)", **base}), flush=True)
         choices = {
             "next": next_windows(start, images, args.size, args.windows),
-            "random": random_windows(images, args.size, args.windows, seed),
+            "random": random_windows(images, masks, args.size, args.windows, seed),
         }
         for choice, windows in choices.items():
             t0 = time.perf_counter()

@@ -113,27 +113,35 @@ class _Summary:
     """One block's components: their count, areas, boxes and ids on the block's edges."""
 
     n: int
-    area: np.ndarray
-    boxes: np.ndarray  # (n, 4) plane coordinates: row start, row stop, column start, stop
+    area: np.ndarray  # int32
+    boxes: np.ndarray | None  # (n, 4) int32 plane coordinates: row start, stop, col start, stop
     edges: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # top, bottom, left, right
 
 
-def _summarise(mask_block: Any, ids: Any, window: Window, min_size: int) -> _Summary:
-    """Label one block of the mask into ``ids`` (block-local ids) and summarise it."""
+def _summarise(mask_block: Any, ids: Any, window: Window, min_size: int, boxes: bool) -> _Summary:
+    """Label one block of the mask into ``ids`` (block-local ids) and summarise it.
+
+    The components' boxes (only the split needs them) are kept if ``boxes``.
+    """
     local, n, area = _label_block(np.asarray(mask_block), min_size)
     rows, cols = window
-    box = [(r.start, r.stop, c.start, c.stop) for r, c in ndi.find_objects(local)]
-    origin = np.array([rows.start, rows.start, cols.start, cols.start])
+    corners = None
+    if boxes:
+        box = [(r.start, r.stop, c.start, c.stop) for r, c in ndi.find_objects(local)]
+        origin = np.array([rows.start, rows.start, cols.start, cols.start], np.int32)
+        corners = np.array(box, np.int32).reshape(-1, 4) + origin
     ids[window] = local.astype(np.uint32, copy=False)
     edges = (local[0].copy(), local[-1].copy(), local[:, 0].copy(), local[:, -1].copy())
-    return _Summary(n, area, np.array(box, np.int64).reshape(-1, 4) + origin, edges)
+    return _Summary(n, area.astype(np.int32), corners, edges)
 
 
 class _Components:
     """The plane's components, joined across block borders from the blocks' summaries.
 
     A pixel's provisional id is its block-local id plus the block's offset;
-    ``lut`` maps provisional ids to component + 1 (0: background).
+    ``lut`` maps provisional ids to component + 1 (0: background). Memory: a
+    few bytes per component (and 16 more for the boxes, when the blocks
+    kept them).
     """
 
     def __init__(self, summaries: list[_Summary], grid: tuple[int, int], block: int) -> None:
@@ -152,14 +160,24 @@ class _Components:
         pairs = np.concatenate(joins, axis=1) if joins else np.zeros((2, 0), np.int64)
         graph = coo_matrix((np.ones(pairs.shape[1]), (pairs[0], pairs[1])), shape=(total, total))
         n_comp, comp = connected_components(graph, directed=False)
-        self.lut = np.concatenate([[0], comp + 1]).astype(np.int64)
+        del pairs, graph
+        self.lut = np.zeros(total + 1, np.int32)
+        self.lut[1:] = comp + 1
         areas = np.concatenate([s.area for s in summaries]) if total else np.zeros(0)
         self.area = np.bincount(comp, weights=areas, minlength=n_comp).astype(np.int64)
-        corners = np.concatenate([s.boxes for s in summaries])
-        self.boxes = np.zeros((n_comp, 4), np.int64)
-        self.boxes[:, [0, 2]] = np.iinfo(np.int64).max
-        for col, reduce in ((0, np.minimum), (1, np.maximum), (2, np.minimum), (3, np.maximum)):
-            reduce.at(self.boxes[:, col], comp, corners[:, col])
+        del areas
+        self.boxes: np.ndarray | None = None
+        if summaries and all(s.boxes is not None for s in summaries):
+            corners = np.concatenate([s.boxes for s in summaries if s.boxes is not None])
+            self.boxes = np.zeros((n_comp, 4), np.int32)
+            self.boxes[:, [0, 2]] = np.iinfo(np.int32).max
+            for col, reduce in (
+                (0, np.minimum),
+                (1, np.maximum),
+                (2, np.minimum),
+                (3, np.maximum),
+            ):
+                reduce.at(self.boxes[:, col], comp, corners[:, col])
 
     def _pair(self, a: np.ndarray, b: np.ndarray, ka: int, kb: int) -> np.ndarray:
         """Provisional ids (from 0) of the foreground pixel pairs ``a``-``b`` of blocks ka, kb."""
@@ -199,6 +217,7 @@ def _kept_ids(comps: _Components, min_size: int) -> _Relabel:
 def _owners(comps: _Components, blocks: list[Window], min_size: int) -> list[np.ndarray]:
     """The kept components each block owns (their box starts in it)."""
     kept, boxes = comps.area >= min_size, comps.boxes
+    assert boxes is not None, "the blocks were summarised without their boxes"
     return [
         np.flatnonzero(
             kept
@@ -213,6 +232,7 @@ def _owners(comps: _Components, blocks: list[Window], min_size: int) -> list[np.
 
 def _owner_window(comps: _Components, owned: np.ndarray, shape: tuple[int, int]) -> Window:
     """The owned objects' boxes and the background ring around them (for distances)."""
+    assert comps.boxes is not None, "the blocks were summarised without their boxes"
     boxes = comps.boxes[owned]
     r0, r1 = max(int(boxes[:, 0].min()) - 1, 0), min(int(boxes[:, 1].max()) + 1, shape[0])
     c0, c1 = max(int(boxes[:, 2].min()) - 1, 0), min(int(boxes[:, 3].max()) + 1, shape[1])
@@ -334,7 +354,7 @@ def iter_label_blocks(
     ids = make("components", shape, np.uint32)
     summaries = []
     for k, window in enumerate(blocks):
-        summaries.append(_summarise(mask[window], ids, window, min_size))
+        summaries.append(_summarise(mask[window], ids, window, min_size, split))
         yield BlockProgress(k + 1, total, "components")
     comps = _Components(summaries, _grid(shape, int(block)), int(block))
     done = len(blocks)
@@ -432,7 +452,7 @@ def label_blocks_dask(
         ids = array("components")
         summarise = dask.delayed(_summarise, pure=True)
         summaries = dask.compute(
-            *[summarise(b, ids, w, min_size) for b, w in zip(lazy, blocks, strict=True)]
+            *[summarise(b, ids, w, min_size, split) for b, w in zip(lazy, blocks, strict=True)]
         )
         comps = _Components(list(summaries), _grid(shape, block), block)
         relabel = _kept_ids(comps, min_size)
