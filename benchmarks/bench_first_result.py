@@ -54,7 +54,7 @@ def main() -> None:
     QApplication.processEvents()
     start = time.perf_counter()
     viewer.add_image(image, name="nuclei")
-    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     opened = time.perf_counter() - start
     predict.image_layer.value = viewer.layers["nuclei"]
     predict.start()

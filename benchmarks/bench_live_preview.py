@@ -103,7 +103,7 @@ def gui_first_preview(images: list, masks: list) -> dict:
         viewer.add_image(image, name=f"dsb {k}", visible=k == 0)
         labels = viewer.add_labels(mask, name=f"dsb {k} annotations", visible=k == 0)
         annotation_info(labels)["image"] = f"dsb {k}"
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     widget.labels_layer.value = viewer.layers["dsb 0 annotations"]
     widget.all_layers.value = True
     widget.minutes.value = 0.0  # the steps or the Stop below end it

@@ -88,7 +88,7 @@ def main() -> None:
     viewer.add_image(image, name="nuclei", colormap="gray")
 
     # ---- 1. Annotate
-    _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "1. Annotate")
+    _, annotate = viewer.window.add_plugin_dock_widget("napari-unet-paper", "1. Annotate")
     annotate.image_layer.value = viewer.layers["nuclei"]
     labels = annotate.new_labels_layer()
     labels.data = painted
@@ -105,7 +105,7 @@ def main() -> None:
     save(viewer, "annotate.png")
 
     # ---- 2. Weight map
-    _, weights = viewer.window.add_plugin_dock_widget("napari-unet", "2. Weight map")
+    _, weights = viewer.window.add_plugin_dock_widget("napari-unet-paper", "2. Weight map")
     weights.labels_layer.value = labels
     weights.w0.value, weights.sigma.value = W0, SIGMA
     weights.compute()

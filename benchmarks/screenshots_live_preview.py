@@ -33,7 +33,7 @@ def main() -> None:
     labels.visible = False
     viewer.dims.set_current_step(0, 3)  # the plane nobody annotated
 
-    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     train.labels_layer.value = labels
     train.device.value = "cpu"
     assert train.live_preview.value, "the live preview is on by default"

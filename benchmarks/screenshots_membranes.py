@@ -41,7 +41,7 @@ def main() -> None:
     annotations[ANNOTATED] = truth[ANNOTATED]
     viewer, labels = annotated_viewer(image, annotations, "EM", ANNOTATED, opacity=0.4)
 
-    train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     train.labels_layer.value = labels
     train.minutes.value = args.minutes
     train.device.value = "cpu"
@@ -56,7 +56,7 @@ def main() -> None:
     save(viewer, "train_membranes.png")
 
     viewer.window.remove_dock_widget(train_dock)
-    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     predict.image_layer.value = viewer.layers["EM"]
     predict.scope.value = "plane"
     predict.device.value = "cpu"

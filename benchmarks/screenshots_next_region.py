@@ -39,7 +39,7 @@ def main():
     viewer.window.resize(1500, 950)
     viewer.add_image(image, name="nuclei", colormap="gray")
 
-    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     predict.image_layer.value = viewer.layers["nuclei"]
     predict.device.value = "cpu"
     predict.show_uncertainty.value = True
@@ -51,7 +51,7 @@ def main():
     print("uncertainty max", float(unc.data.max()), "mean", float(unc.data.mean()))
     viewer.layers["nuclei prediction"].visible = False
 
-    _, annotate = viewer.window.add_plugin_dock_widget("napari-unet", "1. Annotate")
+    _, annotate = viewer.window.add_plugin_dock_widget("napari-unet-paper", "1. Annotate")
     annotate.image_layer.value = viewer.layers["nuclei"]
     masks = annotate.new_labels_layer()
     predict.annotation_layer.value = masks

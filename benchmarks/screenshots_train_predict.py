@@ -133,7 +133,7 @@ def main() -> None:
     viewer, labels, truth = nuclei_viewer(len(IMAGE_IDS), ANNOTATED)
 
     # ---- 3. Train
-    train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    train_dock, train = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     train.labels_layer.value = labels
     train.steps.value = args.steps
     train.minutes.value = args.minutes
@@ -154,7 +154,7 @@ def main() -> None:
 
     # ---- 4. Predict the unseen plane
     viewer.window.remove_dock_widget(train_dock)
-    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     predict.image_layer.value = viewer.layers["nuclei"]
     predict.scope.value = "plane"
     predict.device.value = "cpu"

@@ -33,7 +33,7 @@ def main() -> None:
 
     viewer, labels, truth = nuclei_viewer(3, [0, 1])
 
-    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     train.labels_layer.value = labels
     train.start_from.value = "scratch"
     train.steps.value = args.steps
@@ -48,7 +48,7 @@ def main() -> None:
     print(f"{train.last_version.describe()} in {time.monotonic() - began:.0f} s")
 
     # predict plane 2, use it as annotation, correct it (here: its ground truth)
-    predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    predict_dock, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     predict.image_layer.value = viewer.layers["nuclei"]
     predict.device.value = "cpu"
     viewer.dims.set_current_step(0, 2)

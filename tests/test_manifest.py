@@ -9,7 +9,7 @@ npe2 = pytest.importorskip("npe2")
 
 
 def test_manifest_validates_and_imports():
-    manifest = npe2.PluginManifest.from_distribution("napari-unet")
+    manifest = npe2.PluginManifest.from_distribution("napari-unet-paper")
     manifest.validate_imports()
     widgets = {w.display_name for w in manifest.contributions.widgets}
     assert widgets == {"1. Annotate", "2. Weight map", "3. Train", "4. Predict"}

@@ -24,7 +24,7 @@ def test_opens_from_plugin_menu(make_napari_viewer):
     from napari_unet._widgets.annotate import AnnotateWidget
 
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "1. Annotate")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "1. Annotate")
     assert isinstance(widget, AnnotateWidget)
 
 

@@ -26,7 +26,7 @@ def test_annotate_train_predict_correct_retrain(make_napari_viewer, qtbot):
     info["image"] = "cells"
 
     # 2. train a few steps in the worker
-    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     train.labels_layer.value = annotations
     # 20 steps of 252 px patches learn these bright disks for any seed (score ~0.6);
     # without the weight map: on such dense toy disks its border term needs far more
@@ -54,7 +54,7 @@ def test_annotate_train_predict_correct_retrain(make_napari_viewer, qtbot):
     assert train.last_result.best_score > 0.3
 
     # 3. predict the whole stack with the session's model
-    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     predict.image_layer.value = viewer.layers["cells"]
     assert predict.annotation_layer.value.name == "cells annotations"
     assert "8 base channels" in predict.model_info.value

@@ -86,7 +86,7 @@ def test_train_summary_does_not_react_to_the_previous_layer(two_labels):
     annotation_info(second)["planes"] = [1]
     regions = viewer.add_shapes(ndim=3, name="first regions")
     add_rectangle(regions)
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     widget.labels_layer.value = first
     assert widget.data_info.value == "1 annotated plane(s) + 1 annotated region(s)"
     widget.labels_layer.value = second

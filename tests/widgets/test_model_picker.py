@@ -137,8 +137,8 @@ def test_defaults_apply_until_the_user_picks(make_picker):
 def test_predict_and_train_use_the_picker(make_napari_viewer):
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")
-    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
-    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     assert predict.model_source is predict.picker.source
     assert predict.model_file is predict.picker.file
     assert train.start_from is train.picker.source and train.model_file is train.picker.file

@@ -23,7 +23,7 @@ def stack_viewer(make_napari_viewer):
 
 
 def open_predict(viewer, **values):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     widget.image_layer.value = viewer.layers["cells"]
     defaults = {"tile_size": TILE, "device": "cpu", "min_size": 4}
     for name, value in {**defaults, **values}.items():

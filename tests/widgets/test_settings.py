@@ -38,7 +38,7 @@ def test_train_fields_start_at_the_train_config_defaults(make_napari_viewer):
     from napari_unet.core.training import TrainConfig, validation_interval
 
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     config = TrainConfig()
     assert widget.task.value == config.task
     assert widget.steps.value == config.steps and widget.minutes.value == config.minutes
@@ -64,7 +64,7 @@ def test_predict_fields_start_at_the_segment_config_defaults(make_napari_viewer)
 
     viewer = make_napari_viewer()
     viewer.add_image(np.zeros((32, 32), np.float32), name="img")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     config = SegmentConfig()
     assert widget.min_size.value == config.min_size and widget.split.value == config.split
     assert widget.expand.value == config.expand and widget.regions.value == config.regions
@@ -106,14 +106,14 @@ def test_the_current_version_comes_back_in_the_next_session(make_napari_viewer):
     store = small_store()
     save_settings(version="v1")  # what the last session chose
     viewer = make_napari_viewer()
-    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     session = get_session(viewer)
     assert session.version == "v1" and session.model_path == store.path("v1")
     expected = store.load("v1").state_dict()
     for key, value in session.model.state_dict().items():
         np.testing.assert_array_equal(value.numpy(), expected[key].numpy())
     assert predict.model_source.value == "current" and predict.model is session.model
-    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     assert train.version.choices == ("v2", "v1") and train.version.value == "v1"
     assert train.retrain_button.enabled and train.retrain_button.text == "Retrain v1"
 
@@ -135,7 +135,7 @@ def test_a_broken_version_store_is_a_notification_not_a_crash(make_napari_viewer
         shutil.rmtree(store.folder)
     before = len(notification_manager.records)
     viewer = make_napari_viewer()
-    _, train = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, train = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     messages = [str(n.message) for n in notification_manager.records[before:]]
     expected = "corrupt" if damage == "corrupt" else "no model version 'v1'"
     assert any("could not restore the model version 'v1'" in m and expected in m for m in messages)

@@ -31,7 +31,7 @@ def annotated(make_napari_viewer):
 
 
 def open_train(viewer, **values):
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     widget.labels_layer.value = viewer.layers["cells annotations"]
     defaults = {
         "start_from": "scratch",
@@ -273,7 +273,7 @@ def two_kinds(make_napari_viewer):
 def test_start_choices_offer_the_bundled_model_first(two_kinds):
     from napari_unet.core.pretrained import pretrained_models
 
-    _, widget = two_kinds.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, widget = two_kinds.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     assert widget.start_from.choices == (*pretrained_models(), "scratch", "current", "file")
     combo = widget.start_from.native
     assert combo.itemText(0) == "nuclei (bundled model)"
@@ -281,7 +281,7 @@ def test_start_choices_offer_the_bundled_model_first(two_kinds):
 
 def test_default_start_follows_the_labels_until_picked(two_kinds):
     viewer = two_kinds
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     widget.labels_layer.value = viewer.layers["instances"]
     assert widget.start_from.value == "nuclei"
     assert not widget.base_channels.enabled  # the bundled model's architecture is kept
@@ -325,7 +325,7 @@ def test_finetune_from_the_bundled_model(two_kinds, qtbot):
     from napari_unet.core.pretrained import load_pretrained
 
     viewer = two_kinds
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     widget.labels_layer.value = viewer.layers["instances"]
     assert widget.start_from.value == "nuclei"  # not set: the default for instance labels
     values = {"steps": 2, "patch_size": 188, "batch_size": 1, "minutes": 0.0, "device": "cpu"}
@@ -369,7 +369,7 @@ def test_live_preview_updates_the_prediction_layer_and_the_gui_stays_responsive(
 
     viewer = annotated
     viewer.dims.set_point(0, 2)  # plane 2: not annotated
-    _, predict = viewer.window.add_plugin_dock_widget("napari-unet", "4. Predict")
+    _, predict = viewer.window.add_plugin_dock_widget("napari-unet-paper", "4. Predict")
     predict.image_layer.value = viewer.layers["cells"]
     widget = open_train(viewer, steps=8)
     assert widget.live_preview.value  # on by default
@@ -567,7 +567,7 @@ def test_two_runs_are_two_versions_scored_on_the_same_held_out_band(
     restored = get_session(again)
     assert restored.model is not None and restored.version == "v1"
     np.testing.assert_array_equal(predict_tiled(restored.model, image, device="cpu"), before)
-    _, other = again.window.add_plugin_dock_widget("napari-unet", "3. Train")
+    _, other = again.window.add_plugin_dock_widget("napari-unet-paper", "3. Train")
     assert other.version.choices == ("v2", "v1") and other.version.value == "v1"
 
 

@@ -58,7 +58,7 @@ def test_opens_from_plugin_menu(make_napari_viewer):
     from napari_unet._widgets.weight_map import WeightMapWidget
 
     viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-unet", "2. Weight map")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-unet-paper", "2. Weight map")
     assert isinstance(widget, WeightMapWidget)
 
 

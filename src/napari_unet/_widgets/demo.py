@@ -9,7 +9,7 @@ import numpy as np
 if TYPE_CHECKING:
     import napari
 
-PLUGIN = "napari-unet"
+PLUGIN = "napari-unet-paper"
 
 
 def build_demo(viewer: napari.viewer.Viewer) -> dict[str, Any]:
