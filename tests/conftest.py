@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from synthetic import touching_disks
+
+# bioimage.io packages are checked offline: everything is read from the local zip (the
+# setting is read when bioimageio.spec is first imported)
+os.environ.setdefault("BIOIMAGEIO_PERFORM_IO_CHECKS", "false")
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -10,6 +10,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
+    "export_bioimageio": "bioimageio",
+    "check_package": "bioimageio",
     "UNet": "model",
     "UNetConfig": "model",
     "valid_input_size": "model",
@@ -101,6 +103,7 @@ def __dir__() -> list[str]:
 if TYPE_CHECKING:  # pragma: no cover
     from napari_unet.core.annotations import Annotation, Rectangle, training_crops
     from napari_unet.core.augment import augment_sample, elastic_deform
+    from napari_unet.core.bioimageio import check_package, export_bioimageio
     from napari_unet.core.blockwise import label_blocks, label_blocks_dask
     from napari_unet.core.checkpoint import (
         ModelFileError,

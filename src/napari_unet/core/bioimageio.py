@@ -29,6 +29,7 @@ import tempfile
 import warnings
 import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,9 @@ from napari_unet.core.predictor import halo, tile_for_core, tile_overhead
 from napari_unet.core.preprocess import Normalization
 
 __all__ = [
+    "PackageCheck",
     "PackagedUNet",
+    "check_package",
     "export_bioimageio",
     "is_bioimageio_package",
     "load_package",
@@ -348,9 +351,12 @@ def _description(
         BatchAxis,
         ChannelAxis,
         CiteEntry,
+        Doi,
         FileDescr,
+        Identifier,
         InputTensorDescr,
         IntervalOrRatioDataDescr,
+        LicenseId,
         ModelDescr,
         OutputTensorDescr,
         ParameterizedSize,
@@ -362,6 +368,7 @@ def _description(
         SpaceOutputAxisWithHalo,
         TensorId,
         TorchscriptWeightsDescr,
+        Version,
         WeightsDescr,
     )
 
@@ -404,14 +411,14 @@ def _description(
         test_tensor=FileDescr(source=folder / "test_output.npy"),
         data=IntervalOrRatioDataDescr(type="float32", range=(0.0, 1.0)),
     )
-    version = torch.__version__.split("+")[0]
+    version = Version(torch.__version__.split("+")[0])
     weights = WeightsDescr(
         pytorch_state_dict=PytorchStateDictWeightsDescr(
             source=folder / "weights.pt",
             architecture=ArchitectureFromLibraryDescr(
-                callable=PackagedUNet.__name__,
+                callable=Identifier(PackagedUNet.__name__),
                 import_from=__name__,
-                kwargs=model.config.to_dict(),
+                kwargs=json.loads(json.dumps(model.config.to_dict())),
             ),
             pytorch_version=version,
             dependencies=FileDescr(source=folder / "environment.yaml"),
@@ -428,8 +435,8 @@ def _description(
         or f"U-Net (valid convolutions, overlap-tile) for 2D {' '.join(_class_names(model)[1:])} "
         "segmentation, exported by napari-unet",
         authors=[Author(name=a) for a in (authors or [getpass.getuser()])],
-        cite=[CiteEntry(text=_CITATION, doi=_DOI)],
-        license=license,
+        cite=[CiteEntry(text=_CITATION, doi=Doi(_DOI))],
+        license=LicenseId(license),
         documentation=FileDescr(source=folder / "README.md"),
         covers=[FileDescr(source=folder / "cover.png")],
         attachments=[FileDescr(source=folder / SETTINGS_FILE)],
@@ -438,6 +445,45 @@ def _description(
         outputs=[probability],
         weights=weights,
     )
+
+
+@dataclass(frozen=True)
+class PackageCheck:
+    """The outcome of ``bioimageio.core``'s model test on a package.
+
+    Attributes
+    ----------
+    passed : bool
+        Whether every check passed.
+    failures : tuple of str
+        One line per failed check.
+    """
+
+    passed: bool
+    failures: tuple[str, ...]
+
+
+def check_package(path: str | os.PathLike[str]) -> PackageCheck:
+    """Run ``bioimageio.core``'s model test on the package at ``path``.
+
+    It validates the description and runs both weight formats on the test
+    tensors and on inputs of several sizes and batch sizes; everything is read
+    from the zip, nothing is downloaded.
+    """
+    _spec()
+    from bioimageio.core import test_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = test_model(Path(path))
+    failed = [detail for detail in summary.details if detail.status == "failed"]
+    failures = [
+        f"{detail.name}: {(error.msg or 'failed').splitlines()[0]}"
+        for detail in failed
+        for error in detail.errors
+    ]
+    failures += [detail.name for detail in failed if not detail.errors]
+    return PackageCheck(summary.status == "passed", tuple(failures))
 
 
 def load_package(path: str | os.PathLike[str]) -> UNet:
@@ -452,15 +498,21 @@ def load_package(path: str | os.PathLike[str]) -> UNet:
     from napari_unet.core.checkpoint import ModelFileError
 
     path = Path(path)
-    v0_5 = _spec()
+    try:
+        v0_5 = _spec()
+    except ImportError as err:
+        raise ModelFileError(f"{path} is a bioimage.io model package; {err}") from None
     from bioimageio.spec import load_model_description
-    from bioimageio.spec._internal.common_nodes import InvalidDescr
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        descr = load_model_description(path, perform_io_checks=False)
-    if isinstance(descr, InvalidDescr):
-        raise ModelFileError(f"{path} is not a valid bioimage.io model package")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            descr = load_model_description(path, perform_io_checks=False)
+    except ValueError as err:
+        reason = " ".join(str(err).split())
+        raise ModelFileError(
+            f"{path} is not a valid bioimage.io model package: {reason}"
+        ) from None
     state = getattr(descr.weights, "pytorch_state_dict", None)
     arch = getattr(state, "architecture", None)
     ours = (
@@ -475,6 +527,7 @@ def load_package(path: str | os.PathLike[str]) -> UNet:
             "run it with bioimageio.core, or export a napari-unet model with "
             "`napari-unet export`"
         )
+    assert state is not None
     with zipfile.ZipFile(path) as archive:
         try:
             settings = json.loads(archive.read(SETTINGS_FILE))

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 import napari_unet
+from napari_unet.core.bioimageio import is_bioimageio_package
 from napari_unet.core.io import unique_path
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.preprocess import Normalization
@@ -118,6 +119,8 @@ def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ModelFileError(f"model file not found: {path} (bundled models: {available_names()})")
     if not zipfile.is_zipfile(path):
         raise ModelFileError(f"{path} is not a napari-unet model file (corrupt or another format)")
+    if is_bioimageio_package(path):
+        raise ModelFileError(f"{path} is a bioimage.io model package: open it with load_model")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -147,8 +150,10 @@ def read_model_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 def load_model(path: str | os.PathLike[str]) -> UNet:
     """Load a model saved by :func:`save_model`, without executing code from the file.
 
-    ``path`` is a model file or the name of a bundled model (``"nuclei"``,
-    see :func:`~napari_unet.core.pretrained_models`); an existing file wins.
+    ``path`` is a model file, a bioimage.io package (``.zip``) written by
+    :func:`~napari_unet.core.export_bioimageio`, or the name of a bundled model
+    (``"nuclei"``, see :func:`~napari_unet.core.pretrained_models`); an existing
+    file wins.
 
     Returns
     -------
@@ -160,6 +165,10 @@ def load_model(path: str | os.PathLike[str]) -> UNet:
     ModelFileError
         If the file is missing, corrupt, truncated, foreign or would run code.
     """
+    if is_bioimageio_package(model_file(path)):
+        from napari_unet.core.bioimageio import load_package
+
+        return load_package(model_file(path))
     payload = read_model_file(path)
     try:
         config = UNetConfig(**payload["config"])
