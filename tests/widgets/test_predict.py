@@ -513,3 +513,33 @@ def test_uncertainty_layer_comes_from_the_same_pass(stack_viewer, qtbot, monkeyp
     widget.start()
     qtbot.waitUntil(lambda: not widget.is_running, timeout=TIMEOUT)
     np.testing.assert_allclose(layer.data, before, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_export_writes_a_tested_package_of_the_displayed_plane(
+    make_napari_viewer, qtbot, tmp_path
+):
+    pytest.importorskip("bioimageio.core")
+    import zipfile
+
+    from napari_unet.core.checkpoint import load_model
+    from napari_unet.core.model import UNet
+
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(0).integers(0, 255, (2, 300, 260)).astype(np.uint8)
+    viewer.add_image(stack, name="cells")
+    viewer.dims.set_current_step(0, 1)
+    widget = open_predict(viewer)
+    model = UNet(base_channels=2).eval()
+    get_session(viewer).set_model(model)
+    assert widget.export_button in widget._advanced_form  # folded away: an expert action
+
+    worker = widget.export_model(str(tmp_path / "my model.zip"))
+    assert not widget.export_button.enabled
+    qtbot.waitUntil(lambda: widget.export_button.enabled, timeout=TIMEOUT)
+    assert "model test passed" in widget.status.value, widget.status.value
+    assert worker is not None
+    with zipfile.ZipFile(tmp_path / "my model.zip") as archive:
+        sample = np.load(archive.open("test_input.npy"))
+    np.testing.assert_array_equal(sample[0, 0], stack[1, 22:278, 2:258])  # centre of plane 1
+    assert load_model(tmp_path / "my model.zip").config == model.config

@@ -14,6 +14,7 @@ plane into the annotation layer, closing the correct-and-retrain loop.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -28,8 +29,9 @@ from magicgui.widgets import (
     SpinBox,
     create_widget,
 )
-from napari.utils.notifications import show_info
+from napari.utils.notifications import show_info, show_warning
 
+from napari_unet._widgets._export import PackageExporter, plane_sample
 from napari_unet._widgets._layers import annotations_of, current_index, field_of_view
 from napari_unet._widgets._model_picker import BUNDLED, CURRENT, FILE, ModelPicker, model_choices
 from napari_unet._widgets._session import annotation_info, get_session
@@ -243,6 +245,12 @@ class PredictWidget(Container):
             value=False,
             tooltip="Only if the prediction needs no correction",
         )
+        self.export_button = PushButton(
+            text="Export model for bioimage.io…",
+            tooltip="Write the model as a bioimage.io package (.zip) that deepImageJ, "
+            "ilastik, QuPath and BiaPy run without napari-unet, and test it with "
+            "bioimageio.core; the displayed plane of the image is its test sample",
+        )
         self.use_button = PushButton(
             text="Use as annotation",
             tooltip="Copy the predicted cells of the current plane "
@@ -272,9 +280,17 @@ class PredictWidget(Container):
 
         self._advanced_form, self.advanced = advanced_section(
             self,
-            [self.min_size, self.split, self.expand, self.tta, self.tile_size, self.device],
+            [
+                self.min_size,
+                self.split,
+                self.expand,
+                self.tta,
+                self.tile_size,
+                self.device,
+                self.export_button,
+            ],
             before=buttons,
-            title="Advanced: cell clean-up, test-time augmentation, tiles, device",
+            title="Advanced: cell clean-up, test-time augmentation, tiles, device, export",
         )
         for label in (self.model_info, self.status):
             label.native.setWordWrap(True)
@@ -300,6 +316,8 @@ class PredictWidget(Container):
         self.image_layer.changed.connect(self._on_image_changed)
         self.scope.changed.connect(self._on_scope_changed)
         self.use_button.changed.connect(self._on_use_clicked)
+        self._exporter = PackageExporter(self.export_button, self.status)
+        self.export_button.changed.connect(self._on_export_clicked)
         get_session(viewer).model_changed.connect(self._on_model_changed)
         self.picker.refresh()
         self._update_model_info()
@@ -427,6 +445,18 @@ class PredictWidget(Container):
             returned=self._on_returned,
             aborted=self._on_aborted,
         )
+
+    def export_model(self, path: str) -> GeneratorWorker:
+        """Export the chosen model as a bioimage.io package to ``path`` in a worker.
+
+        The displayed plane of the image is the package's test sample when it
+        fits the model (else the bundled nuclei image); bioimageio.core's model
+        test runs after writing, and the status line says how it ended.
+        """
+        model = self._require_model()
+        image = self.image_layer.value
+        index = self.current_index(image, image.ndim - 2) if image is not None else ()
+        return self._exporter.run(model, path, plane_sample(image, index, model))
 
     def cancel(self) -> None:
         """Stop after the current batch of tiles; finished planes are kept."""
@@ -636,6 +666,21 @@ class PredictWidget(Container):
         self.status.value = (
             f"Cancelled: {job['planes_done']} of {job['n_planes']} plane(s) done and kept."
         )
+
+    def _on_export_clicked(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self.native,
+            "Export model for bioimage.io",
+            str(Path.home() / "unet-model.zip"),
+            "bioimage.io model package (*.zip)",
+        )
+        if path:
+            try:
+                self.export_model(path)
+            except ValueError as err:
+                show_warning(f"Cannot export: {err}")
 
     def _on_use_clicked(self) -> None:
         try:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import tempfile
 import warnings
 import zipfile
@@ -268,7 +269,8 @@ def export_bioimageio(
     path : path-like
         The zip to write (its folder must exist).
     name : str, optional
-        The package's name (default: from the model's metadata).
+        The package's name (default: from the model's metadata); characters
+        that bioimage.io does not allow in names become ``-``.
     sample : array of shape (Y, X) or (C, Y, X), optional
         An image of yours for the test tensors and the cover (default: the
         bundled nuclei image); its centre, at most 256 px a side, is used.
@@ -292,6 +294,7 @@ def export_bioimageio(
     if not path.parent.is_dir():
         raise FileNotFoundError(f"folder not found: {path.parent}")
     name = name or f"napari-unet {model.metadata.get('name', 'U-Net')}"
+    name = re.sub(r"[^A-Za-z0-9_+\- ()]", "-", name)[:128].ljust(5, "-")
     geometry = package_geometry(model)
     packaged = PackagedUNet(**model.config.to_dict()).eval()  # type: ignore[arg-type]
     packaged.net.load_state_dict(model.state_dict())
