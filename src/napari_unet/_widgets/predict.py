@@ -14,8 +14,8 @@ plane into the annotation layer, closing the correct-and-retrain loop.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from collections.abc import Callable, Generator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
