@@ -120,6 +120,30 @@ def test_file_source_loads_reports_and_reloads(make_picker, tmp_path):
     assert picker.model is second
 
 
+def test_file_source_opens_a_bioimageio_package_we_exported(make_picker, tmp_path):
+    pytest.importorskip("bioimageio.spec")
+    import zipfile
+
+    from napari_unet.core.bioimageio import export_bioimageio
+
+    model = small_unet(2)
+    path = export_bioimageio(model, tmp_path / "model.zip")
+    _, picker = make_picker(value="file")
+    assert "*.zip" in picker.file.filter
+    picker.file.value = path
+    loaded = picker.load()
+    assert loaded.config == model.config
+    for name, value in model.state_dict().items():
+        assert (loaded.state_dict()[name] == value).all(), name
+
+    foreign = tmp_path / "foreign.zip"
+    with zipfile.ZipFile(foreign, "w") as archive:
+        archive.writestr("rdf.yaml", "type: model\nformat_version: 0.5.12\n")
+    picker.file.value = foreign
+    with pytest.raises(ValueError, match="not a valid bioimage"):
+        picker.load()
+
+
 def test_defaults_apply_until_the_user_picks(make_picker):
     _, picker = make_picker(value="scratch")
     changes = []

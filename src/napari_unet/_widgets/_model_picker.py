@@ -181,7 +181,14 @@ class ModelPicker:
         self.source = ComboBox(
             choices=self._current_choices, value=value, label=label, tooltip=tooltip
         )
-        self.file = FileEdit(mode="r", filter="*.pt", nullable=True, label="Model file")
+        self.file = FileEdit(
+            mode="r",
+            filter="napari-unet or bioimage.io model (*.pt *.zip)",
+            nullable=True,
+            label="Model file",
+            tooltip="A napari-unet model file (.pt) or a bioimage.io package (.zip) "
+            "exported by napari-unet",
+        )
         self.source.changed.connect(self._on_source_changed)
         self.file.changed.connect(self._on_file_changed)
         session.model_changed.connect(self._on_session_model)

@@ -188,7 +188,7 @@ def _cover(crop: np.ndarray, prob: np.ndarray, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     image = Normalization()(crop[0])
-    side = np.concatenate([np.clip(image, 0, 1), 1.0 - prob[0]], axis=1)
+    side = np.concatenate([np.clip(image, 0, 1), prob[0]], axis=1)
     plt.imsave(path, side, cmap="gray", vmin=0.0, vmax=1.0)
 
 
