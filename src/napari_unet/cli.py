@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import napari_unet
 from napari_unet.core.config_help import option_help
+from napari_unet.core.precision import PRECISIONS
 from napari_unet.core.segment_config import SegmentConfig
 from napari_unet.core.train_config import (
     FINE_TUNE_LEARNING_RATE,
@@ -216,7 +217,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             )
         bar = stack.enter_context(_progress(0, "predict", "step"))
         stop = stack.enter_context(_StopOnSignal())
-        run = {"tile_size": args.tile_size, "batch_size": args.batch_size, "device": args.device}
+        run = {
+            "tile_size": args.tile_size,
+            "batch_size": args.batch_size,
+            "device": args.device,
+            "precision": args.precision,
+        }
         if large:  # tile by tile: memory bounded by a few tiles, not by the plane
             for name in ("diameter", "link", "link_iou", "link_bridge", "link_min_planes"):
                 del options[name]
@@ -653,6 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, help="tiles per forward pass (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="the network's arithmetic: auto (bfloat16 on CUDA GPUs, float32 on CPUs and "
+        "Apple GPUs), float32 (exact: tiled equals one pass over the whole image), "
+        "bfloat16 or float16 (autocast)",
+    )
     p.add_argument(
         "--threshold",
         type=float,

@@ -45,6 +45,7 @@ TRAIN_SETTINGS = ("w0", "sigma", "base_channels", "steps", "minutes")
 WIDGET_DEFAULTS: dict[str, Any] = {
     "tile_size": 0,  # 0 = automatic (from memory): iter_segment's tile_size=None
     "device": DEVICES[0],
+    "precision": "auto",  # inference arithmetic (napari_unet.core.precision.PRECISIONS)
     # the session's current model version ("v2", in versions_path()); "" = none
     "version": "",
 }

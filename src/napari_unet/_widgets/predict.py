@@ -43,6 +43,7 @@ from napari_unet._widgets._settings import (
 )
 from napari_unet._widgets._worker import JobRunner
 from napari_unet.core.io import allocate_zeros, max_label
+from napari_unet.core.precision import PRECISIONS
 from napari_unet.core.pretrained import DEFAULT_PRETRAINED, pretrained_models
 from napari_unet.core.segment_config import SegmentConfig
 
@@ -134,7 +135,7 @@ class PredictWidget(Container):
         (plane by plane) into ``"<image> probability"`` / ``"<image> uncertainty"``.
     advanced : superqt.QCollapsible
         The folded section: min size, split, grow, test-time augmentation,
-        tile size, device.
+        tile size, device, precision, the bioimage.io export.
     annotation_layer : magicgui widget
         Labels layer that "Use as annotation" copies predictions into.
     """
@@ -180,6 +181,14 @@ class PredictWidget(Container):
             tooltip="Largest input tile edge; 0 = automatic (memory)",
         )
         self.device = device_box(settings["device"])
+        self.precision = ComboBox(
+            choices=PRECISIONS,
+            value=settings["precision"] if settings["precision"] in PRECISIONS else "auto",
+            label="Precision",
+            tooltip="The network's arithmetic. auto: bfloat16 on CUDA GPUs, float32 on CPUs "
+            "and Apple GPUs; float32 is exact (tiles agree with one pass over the whole "
+            "image); bfloat16 / float16 are faster where the hardware computes them natively",
+        )
         self.threshold = FloatSpinBox(
             value=0.5,
             min=0.0,
@@ -287,10 +296,11 @@ class PredictWidget(Container):
                 self.tta,
                 self.tile_size,
                 self.device,
+                self.precision,
                 self.export_button,
             ],
             before=buttons,
-            title="Advanced: cell clean-up, test-time augmentation, tiles, device, export",
+            title="Advanced: clean-up, test-time augmentation, tiles, device, precision, export",
         )
         for label in (self.model_info, self.status):
             label.native.setWordWrap(True)
@@ -306,6 +316,7 @@ class PredictWidget(Container):
                 self.scope,
                 self.tile_size,
                 self.device,
+                self.precision,
                 self.tta,
                 self.show_probabilities,
                 self.show_uncertainty,
@@ -384,7 +395,11 @@ class PredictWidget(Container):
         zoom = object_zoom(model, diameter)  # checks that the size is usable
         tta = bool(self.tta.value)
         _, tile, batch = resolve_tiling(model, self.device.value, int(self.tile_size.value))
-        save_settings(tile_size=int(self.tile_size.value), device=self.device.value)
+        save_settings(
+            tile_size=int(self.tile_size.value),
+            device=self.device.value,
+            precision=self.precision.value,
+        )
 
         labels_layer, prob_layer, unc_layer = self._output_layers(image, (*lead, *shape), channels)
         extras = [layer for layer in (prob_layer, unc_layer) if layer is not None]
@@ -423,6 +438,7 @@ class PredictWidget(Container):
             tile_size=tile,
             batch_size=batch,
             device=self.device.value,
+            precision=self.precision.value,
             channel_axis=-3 if channels else None,
             first_label=first_label,
             **options,

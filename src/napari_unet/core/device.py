@@ -7,13 +7,18 @@ import os
 
 import torch
 
+from napari_unet.core.precision import check_precision
+
 __all__ = [
     "autocast_dtype",
     "available_memory",
     "cpu_has_native_bf16",
+    "inference_dtype",
     "is_out_of_memory",
+    "precision_name",
     "select_device",
 ]
+
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +82,34 @@ def autocast_dtype(device: torch.device, *, cpu: bool = False) -> torch.dtype | 
     if device.type == "cpu" and cpu and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of inference in ``precision`` on ``device`` (None: float32).
+
+    ``"auto"`` is bfloat16 on CUDA (float16 where bfloat16 is missing) and
+    float32 on CPUs and Apple MPS; ``"bfloat16"`` and ``"float16"`` ask for that
+    autocast anywhere (a CUDA GPU without bfloat16 refuses it).
+
+    Examples
+    --------
+    >>> inference_dtype("auto", torch.device("cpu")) is None
+    True
+    >>> inference_dtype("bfloat16", torch.device("cpu"))
+    torch.bfloat16
+    """
+    if check_precision(precision) == "auto":
+        return autocast_dtype(device)
+    if precision == "float32":
+        return None
+    if precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ValueError("this CUDA GPU has no bfloat16: use precision 'float16' or 'auto'")
+    return torch.bfloat16 if precision == "bfloat16" else torch.float16
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    """``"float32"`` for None (no autocast), else the dtype's name (``"bfloat16"``)."""
+    return "float32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def available_memory(device: torch.device) -> int:

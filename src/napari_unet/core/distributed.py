@@ -38,6 +38,7 @@ import torch
 from napari_unet.core.checkpoint import load_model
 from napari_unet.core.device import select_device
 from napari_unet.core.model import UNet
+from napari_unet.core.precision import check_precision
 from napari_unet.core.predictor import NetworkPredictor, halo, on_device, tile_overhead
 from napari_unet.core.pretrained import model_file
 from napari_unet.core.tiling import (
@@ -150,6 +151,7 @@ def _predict_block(
     context: int,
     y_edges: tuple[int, ...],
     x_edges: tuple[int, ...],
+    precision: str = "auto",
     block_id: tuple[int, ...] | None = None,
 ) -> np.ndarray:
     """Probabilities (1.., K, h, w) of one block given with ``context`` pixels around it.
@@ -163,7 +165,7 @@ def _predict_block(
     """
     assert block_id is not None, "dask passes block_id"
     net, dev = _network(spec, device)
-    predictor = NetworkPredictor(net, dev)
+    predictor = NetworkPredictor(net, dev, precision)
     h, w = y_edges[block_id[-2]], x_edges[block_id[-1]]
     lead = block.shape[:-3]
     n_chan, rows_in, cols_in = (int(n) for n in block.shape[-3:])
@@ -197,6 +199,7 @@ def predict_dask(
     device: str | torch.device = "cpu",
     channel_axis: int | None = None,
     block_size: int | None = None,
+    precision: str = "auto",
 ) -> Any:
     """Lazy softmax probabilities of ``model`` over ``array``, block by block with dask.
 
@@ -229,6 +232,9 @@ def predict_dask(
         Edge of the spatial blocks (rounded up to a multiple of
         ``model.step`` and to at least the halo); 1024 if None. Each block
         holds one plane; channels are never split.
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        The network's arithmetic on the workers
+        (:func:`~napari_unet.core.device.inference_dtype`).
 
     Returns
     -------
@@ -263,6 +269,7 @@ def predict_dask(
         )
     _check_positive("batch_size", batch_size)
     _check_positive("block_size", block_size)
+    check_precision(precision)
     if device != "auto":
         try:
             torch.device(device)
@@ -322,4 +329,5 @@ def predict_dask(
         context=depth,
         y_edges=y_edges,
         x_edges=x_edges,
+        precision=precision,
     )

@@ -190,6 +190,7 @@ def iter_segment_large(
     first_label: int = 1,
     output: Literal["instances", "mask"] = "instances",
     block: int | None = None,
+    precision: str = "auto",
 ) -> Generator[LargePlaneProgress, None, int]:
     """Segment one plane of ``image`` tile by tile, writing the result block by block.
 
@@ -207,7 +208,7 @@ def iter_segment_large(
     write_probabilities : callable, optional
         ``write_probabilities(rows, cols, block)`` receives the class
         probabilities (n_classes, h, w) of every tile core.
-    tile_size, batch_size, device, tta
+    tile_size, batch_size, device, tta, precision
         As in :func:`~napari_unet.core.segment.iter_segment`.
     threshold, min_size, split, expand, fill_gaps, output
         As in :func:`~napari_unet.core.segment.iter_segment`
@@ -238,7 +239,7 @@ def iter_segment_large(
     shape = (int(arr.shape[-2]), int(arr.shape[-1]))
     plane = _NormalizedPlane(arr, tuple(index), channels, model)
     dev = select_device(device)
-    predictor: Predictor = as_predictor(model, dev)
+    predictor: Predictor = as_predictor(model, dev, precision)
     if tta:
         predictor = TestTimeAugmentation(predictor)
     tile = tile_size or auto_tile_size(predictor, dev)

@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from napari_unet.core.device import autocast_dtype
+from napari_unet.core.device import inference_dtype
 from napari_unet.core.model import UNet, valid_input_size
 
 __all__ = [
@@ -114,16 +114,20 @@ def tile_overhead(model: UNet | Predictor) -> int:
 # running a U-Net
 
 
-def forward(net: UNet, batch: np.ndarray, device: torch.device) -> np.ndarray:
-    """Softmax probabilities of ``net`` (on ``device``) for a float32 batch."""
+def forward(
+    net: UNet, batch: np.ndarray, device: torch.device, dtype: torch.dtype | None = None
+) -> np.ndarray:
+    """Softmax probabilities (float32) of ``net`` on ``device`` for a float32 batch.
+
+    ``dtype`` is the autocast precision (None: float32 throughout).
+    """
     with torch.inference_mode():
         x = torch.from_numpy(batch)
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
         else:
             x = x.to(device)
-        amp = autocast_dtype(device)
-        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = net(x)
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
@@ -152,14 +156,16 @@ class NetworkPredictor:
     """A :class:`~napari_unet.core.model.UNet` as a :class:`Predictor` on one device.
 
     The network runs in eval mode (its own mode is restored after every
-    batch) with the device's autocast precision; a copy is made only when it
-    lives on another device.
+    batch) in the autocast ``precision``; a copy is made only when it lives on
+    another device.
 
     Parameters
     ----------
     net : UNet
     device : torch.device, optional
         Where to run; where the network's parameters are if None.
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        See :func:`~napari_unet.core.device.inference_dtype`.
 
     Examples
     --------
@@ -170,9 +176,13 @@ class NetworkPredictor:
     (1, 2, 20, 20)
     """
 
-    def __init__(self, net: UNet, device: torch.device | None = None) -> None:
+    def __init__(
+        self, net: UNet, device: torch.device | None = None, precision: str = "auto"
+    ) -> None:
         self.source = net
         self.device = next(net.parameters()).device if device is None else device
+        self.precision = precision
+        self.dtype = inference_dtype(precision, self.device)
         self.net = on_device(net, self.device)
         self.in_channels = net.in_channels
         self.n_classes = net.n_classes
@@ -194,17 +204,22 @@ class NetworkPredictor:
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities of the network for a float32 batch (B, C, h, w)."""
         with _eval_mode(self.net):
-            return forward(self.net, batch, self.device)
+            return forward(self.net, batch, self.device, self.dtype)
 
     def to(self, device: torch.device) -> NetworkPredictor:
-        """The same network on ``device``."""
-        return NetworkPredictor(self.source, device)
+        """The same network on ``device``, in the same precision setting."""
+        return NetworkPredictor(self.source, device, self.precision)
 
 
-def as_predictor(model: UNet | Predictor, device: torch.device | None = None) -> Predictor:
-    """``model`` as a :class:`Predictor` (on ``device`` if given)."""
+def as_predictor(
+    model: UNet | Predictor, device: torch.device | None = None, precision: str = "auto"
+) -> Predictor:
+    """``model`` as a :class:`Predictor` (on ``device`` if given).
+
+    ``precision`` applies to a UNet; a Predictor keeps its own.
+    """
     if isinstance(model, UNet):
-        return NetworkPredictor(model, device)
+        return NetworkPredictor(model, device, precision)
     if not isinstance(model, Predictor):
         raise TypeError(
             f"`model` must be a napari_unet UNet or a Predictor, got {type(model).__name__}"

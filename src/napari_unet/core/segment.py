@@ -261,6 +261,7 @@ def iter_segment(
     link_iou: float = SegmentConfig.link_iou,
     link_bridge: int = SegmentConfig.link_bridge,
     link_min_planes: int = SegmentConfig.link_min_planes,
+    precision: str = "auto",
 ) -> Generator[SegmentProgress | PlaneDone, None, int]:
     """Segment the planes of ``image``, yielding tile progress and finished planes.
 
@@ -275,7 +276,7 @@ def iter_segment(
     region : (slice, slice), optional
         Segment only this part of each plane (with its full context, so the
         result equals that part of a whole-plane segmentation).
-    tile_size, batch_size, device, tta
+    tile_size, batch_size, device, tta, precision
         Passed to :func:`~napari_unet.core.iter_predict_tiled`.
     threshold, min_size, split, expand, fill_gaps
         Passed to :func:`~napari_unet.core.probabilities_to_labels`; the
@@ -333,7 +334,7 @@ def iter_segment(
     target = _check_region(region, shape)
     zoom = object_zoom(model, diameter)
     dev, tile, batch = resolve_tiling(model, device, tile_size, batch_size)
-    predictor: Predictor = as_predictor(model, dev)  # on the device once for all planes
+    predictor: Predictor = as_predictor(model, dev, precision)  # on the device once
     if tta:
         predictor = TestTimeAugmentation(predictor)
     window = context_window(model, shape, target, zoom)

@@ -404,6 +404,7 @@ def iter_predict_tiled(
     out: Any = None,
     channel_axis: int | None = None,
     tta: bool = False,
+    precision: str = "auto",
 ) -> Generator[TileProgress, None, Any]:
     """Predict softmax probabilities tile by tile, yielding progress after every batch.
 
@@ -430,6 +431,12 @@ def iter_predict_tiled(
         Test-time augmentation: average over the 8 flips/rotations of every
         tile (:class:`~napari_unet.core.predictor.TestTimeAugmentation`; 8
         times the compute).
+    precision : {"auto", "float32", "bfloat16", "float16"}
+        Arithmetic of the network (autocast) when ``model`` is a UNet:
+        ``"auto"`` is bfloat16 on CUDA and float32 elsewhere
+        (:func:`~napari_unet.core.device.inference_dtype`). In float32 the
+        result equals one pass over the whole mirror-padded image; in a reduced
+        precision it equals that pass in the same precision up to rounding.
 
     Yields
     ------
@@ -447,7 +454,7 @@ def iter_predict_tiled(
     mirroring the image at its borders.
     """
     dev = select_device(device)
-    predictor: Predictor = as_predictor(model, dev)
+    predictor: Predictor = as_predictor(model, dev, precision)
     if tta:
         predictor = TestTimeAugmentation(predictor)
     arr, lead, channels = as_channels_first(image, predictor.in_channels, channel_axis)
@@ -481,6 +488,7 @@ def predict_tiled(
     out: Any = None,
     channel_axis: int | None = None,
     tta: bool = False,
+    precision: str = "auto",
 ) -> Any:
     """Softmax probabilities of ``model`` over ``image`` by overlap-tile inference.
 
@@ -506,5 +514,6 @@ def predict_tiled(
             out=out,
             channel_axis=channel_axis,
             tta=tta,
+            precision=precision,
         )
     )

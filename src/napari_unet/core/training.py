@@ -34,7 +34,12 @@ from napari_unet.core.dataset import (
     prepare_sample,
     rescale_annotation,
 )
-from napari_unet.core.device import autocast_dtype, select_device
+from napari_unet.core.device import (
+    autocast_dtype,
+    inference_dtype,
+    precision_name,
+    select_device,
+)
 from napari_unet.core.losses import weighted_cross_entropy
 from napari_unet.core.metrics import f1_at, foreground_iou
 from napari_unet.core.model import UNet
@@ -453,6 +458,8 @@ def iter_train(
             "best_score": best_score,
             "threshold": best_threshold,
             "task": config.task,
+            # the arithmetic the validation (threshold, best step) predicted in
+            "validated_precision": precision_name(inference_dtype("auto", dev)),
         }
 
     validated = -1  # the last step validated
