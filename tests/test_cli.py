@@ -510,9 +510,9 @@ def test_predict_uncertainty_is_the_map_of_the_same_probabilities(
     calls = []
     forward = predictor.forward
 
-    def counting(net, batch, device):
+    def counting(net, batch, device, dtype=None):
         calls.append(len(batch))
-        return forward(net, batch, device)
+        return forward(net, batch, device, dtype)
 
     monkeypatch.setattr(predictor, "forward", counting)
     stack = np.random.default_rng(4).integers(0, 255, (2, 40, 50), np.uint8)

@@ -196,11 +196,11 @@ def test_out_of_memory_falls_back(net, monkeypatch):
     calls = []
     real_forward = predictor.forward
 
-    def fake_forward(model, batch, device):
+    def fake_forward(model, batch, device, dtype=None):
         calls.append((device.type, batch.shape))
         if device.type != "cpu":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
-        return real_forward(model, batch, device)
+        return real_forward(model, batch, device, dtype)
 
     monkeypatch.setattr(predictor, "forward", fake_forward)
     monkeypatch.setattr(tiling, "select_device", lambda d: torch.device("meta"))

@@ -116,7 +116,9 @@ def available_memory(device: torch.device) -> int:
     """Bytes that can be used on ``device`` now (free VRAM, or available RAM)."""
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
-        return int(free)
+        # what PyTorch's allocator reserved but holds no tensor in is free for us too
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + cached)
     try:
         import psutil
 

@@ -10,7 +10,7 @@ across planes). Memory is bounded by one plane.
 from __future__ import annotations
 
 import math
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from skimage.segmentation import relabel_sequential
 
+from napari_unet.core.background import InOrder
 from napari_unet.core.checkpoint import suggested_diameter
 from napari_unet.core.device import select_device
 from napari_unet.core.io import read_array, release_pages
@@ -348,48 +349,24 @@ def iter_segment(
     )
     total = count_batches(model, shape, target, tile, batch, zoom) * len(todo)
     next_label, done = first_label, 0
-    for k, index in enumerate(todo):
+
+    def prepare(index: tuple[int, ...]) -> np.ndarray:
+        """The normalized context window of a plane, zoomed (in the reader thread)."""
         plane = read_array(arr, index)
         x = model.normalization(plane)[..., window[0], window[1]]
         del plane
         release_pages(arr)
-        size = (int(x.shape[-2]), int(x.shape[-1]))
         if zoom != 1.0:
+            size = (int(x.shape[-2]), int(x.shape[-1]))
             x = resize(x.reshape(-1, *size), (_zoomed(size[0], zoom), _zoomed(size[1], zoom)))
             x = x if channels else x[0]
-        prob = np.zeros((model.n_classes, *x.shape[-2:]), np.float32)
-        for event in iter_predict_tiled(
-            predictor,
-            x,
-            tile_size=tile,
-            batch_size=batch,
-            device=dev,
-            out=prob,
-            channel_axis=-3 if channels else None,
-        ):
-            done += 1
-            regions = tuple((rows, cols) for _, rows, cols in event.regions)
-            yield SegmentProgress(
-                done,
-                max(total, done),
-                k,
-                len(todo),
-                index,
-                origin,
-                prob,
-                regions if zoom == 1.0 else (),
-                event.message,
-            )
-        if zoom != 1.0:
-            prob = resize(prob, size)
-            yield SegmentProgress(
-                done, max(total, done), k, len(todo), index, origin, prob, (whole,)
-            )
+        return x
+
+    def label(k: int, index: tuple[int, ...], prob: np.ndarray) -> tuple[Any, ...]:
+        """The mask or the plane-local labels of the target region (in the post thread)."""
         kept = prob[(slice(None), *local)]
         if output == "mask":
-            mask = (foreground_probability(kept) > threshold).astype(np.uint8)
-            yield PlaneDone(k, index, len(todo), target, mask, kept, 0)
-            continue
+            return k, index, (foreground_probability(kept) > threshold).astype(np.uint8), kept
         # label the region with its context, so that cells crossing its edge are
         # post-processed whole (size, gaps, splits) as in a whole-plane segmentation
         labels = probabilities_to_labels(
@@ -402,15 +379,66 @@ def iter_segment(
         )[local]
         if prob.shape[1:] != kept.shape[1:]:
             labels = relabel_sequential(labels)[0]
-        if keep is not None and linker is not None:  # ids continue earlier planes' objects
+        return k, index, labels, kept
+
+    def finish(result: tuple[Any, ...]) -> Iterator[PlaneDone]:
+        """Plane ids made global (or linked), in plane order."""
+        nonlocal next_label
+        k, index, labels, kept = result
+        if output == "mask":
+            yield PlaneDone(k, index, len(todo), target, labels, kept, 0)
+        elif keep is not None and linker is not None:  # ids continue earlier planes' objects
             for (j, at, prob_of), final, n_new in keep.push(linker.link(labels), (k, index, kept)):
                 final[final > 0] += np.uint32(first_label - 1)
                 yield PlaneDone(j, at, len(todo), target, final, prob_of, n_new)
-            continue
-        n_objects = int(labels.max())
-        labels[labels > 0] += np.uint32(next_label - 1)
-        next_label += n_objects
-        yield PlaneDone(k, index, len(todo), target, labels, kept, n_objects)
+        else:
+            n_objects = int(labels.max())
+            labels[labels > 0] += np.uint32(next_label - 1)
+            next_label += n_objects
+            yield PlaneDone(k, index, len(todo), target, labels, kept, n_objects)
+
+    # the next plane is read and the last one labelled while the network runs
+    with InOrder[np.ndarray](1) as reader, InOrder[tuple[Any, ...]](1) as post:
+        if todo:
+            list(reader.submit(prepare, todo[0]))
+        for k, index in enumerate(todo):
+            [x] = reader.drain()
+            if k + 1 < len(todo):
+                list(reader.submit(prepare, todo[k + 1]))
+            prob = np.zeros((model.n_classes, *x.shape[-2:]), np.float32)
+            for event in iter_predict_tiled(
+                predictor,
+                x,
+                tile_size=tile,
+                batch_size=batch,
+                device=dev,
+                out=prob,
+                channel_axis=-3 if channels else None,
+            ):
+                done += 1
+                regions = tuple((rows, cols) for _, rows, cols in event.regions)
+                yield SegmentProgress(
+                    done,
+                    max(total, done),
+                    k,
+                    len(todo),
+                    index,
+                    origin,
+                    prob,
+                    regions if zoom == 1.0 else (),
+                    event.message,
+                )
+                for result in post.ready():
+                    yield from finish(result)
+            if zoom != 1.0:
+                prob = resize(prob, (whole[0].stop, whole[1].stop))
+                yield SegmentProgress(
+                    done, max(total, done), k, len(todo), index, origin, prob, (whole,)
+                )
+            for result in post.submit(label, k, index, prob):
+                yield from finish(result)
+        for result in post.drain():
+            yield from finish(result)
     if keep is not None:
         for (j, at, prob_of), final, n_new in keep.flush():
             final[final > 0] += np.uint32(first_label - 1)
