@@ -9,19 +9,33 @@ from typing import Any
 LayerData = tuple[Any, dict[str, Any], str]
 
 _DATA = Path(__file__).parent / "_data"
-_SUFFIXES = (".tif", ".tiff", ".zarr")
+#: What the manifest's reader claims (``*.tif``, ``*.tiff``, files only).
+_SUFFIXES = (".tif", ".tiff")
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """Return :func:`read_lazily` for TIFF files and zarr arrays, else None."""
+    """Return :func:`read_lazily` for TIFF files, else None.
+
+    napari offers this reader for ``*.tif``/``*.tiff`` files next to its builtin
+    one: File › Open and drag-and-drop ask which to use (once, if the choice is
+    remembered); ``viewer.open(path)`` uses napari's builtin reader unless
+    ``plugin="napari-unet-paper"`` is given. Folders (``.zarr`` included) are left
+    to napari's builtin reader, which opens zarr lazily with dask. See
+    ``docs/development.md``.
+    """
     paths = [path] if isinstance(path, str) else path
-    if not paths or not all(str(p).lower().rstrip("/").endswith(_SUFFIXES) for p in paths):
+    if not paths or not all(
+        str(p).lower().endswith(_SUFFIXES) and not Path(p).is_dir() for p in paths
+    ):
         return None
     return read_lazily
 
 
 def read_lazily(path: str | list[str]) -> list[LayerData]:
-    """Open TIFF/zarr images without loading them (memmap or zarr views of the file)."""
+    """Open TIFF images without loading them (a memmap or tifffile's zarr view).
+
+    A zarr folder works too (a zarr array view) when called directly.
+    """
     from napari_unet.core.io import open_image
 
     paths = [path] if isinstance(path, str) else path

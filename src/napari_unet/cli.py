@@ -65,7 +65,13 @@ class _StopOnSignal:
         self.requested = True
         if self.message:
             name = signal.Signals(signum).name
-            print(f"\nnapari-unet: {name}: {self.message} (again to abort)", file=sys.stderr)
+            # os.write, not print: the signal may land while tqdm is writing to the same
+            # buffered stderr, and a buffered write from inside one raises RuntimeError
+            text = f"\nnapari-unet: {name}: {self.message} (again to abort)\n"
+            try:
+                os.write(sys.stderr.fileno(), text.encode())
+            except (AttributeError, OSError, ValueError):  # stderr is not a file (tests)
+                sys.stderr.write(text)
 
     def __enter__(self) -> _StopOnSignal:
         if threading.current_thread() is threading.main_thread():

@@ -65,8 +65,9 @@ def test_planes_are_labelled_in_the_background_while_the_network_runs(monkeypatc
 
     def watched(*args, **kwargs):
         threads.append(threading.current_thread().name)
-        overlaps.append(in_network.is_set())
-        time.sleep(0.05)  # long enough to be seen beside the next plane's network
+        # does the next plane's network run while this plane is labelled? (a serial
+        # loop would wait here in vain; the wait keeps the check sure on a busy machine)
+        overlaps.append(in_network.wait(2))
         return label(*args, **kwargs)
 
     forward = segment.iter_predict_tiled

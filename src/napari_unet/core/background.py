@@ -32,10 +32,12 @@ class InOrder(Generic[R]):
 
     Examples
     --------
+    >>> finished = []
     >>> with InOrder(depth=2) as jobs:
     ...     for n in range(4):
-    ...         finished = list(jobs.submit(pow, n, 2))
-    ...     finished + list(jobs.drain())
+    ...         finished += jobs.submit(pow, n, 2)
+    ...     finished += jobs.drain()
+    >>> finished
     [0, 1, 4, 9]
     """
 
