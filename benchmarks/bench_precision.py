@@ -5,7 +5,9 @@ limits), then for each network width ``predict_tiled`` of a 2048² image in
 each precision, beside the compute floor (one untiled pass over the whole
 mirror-padded image, same precision): MP/s and the U-Net's achieved GFLOP/s
 (FLOPs counted by ``torch.utils.flop_counter`` on the tiles actually run), as
-a fraction of the matmul limit of that precision.
+a fraction of the matmul limit of that precision. ``--layouts contiguous``
+adds torch's default memory layout (what the package used before it ran
+convolutions channels-last) for comparison.
 
 ``labels``: the bundled nuclei model on the 100-image DSB split, float32 and
 bfloat16 (or ``--precision``): the fraction of pixels whose label changes
@@ -14,6 +16,7 @@ bfloat16 (or ``--precision``): the fraction of pixels whose label changes
 Usage::
 
     python benchmarks/bench_precision.py speed [--size 2048] [--base 16 32 64]
+        [--layouts channels_last contiguous] [--repeats 2]
     python benchmarks/bench_precision.py labels [--precision bfloat16]
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import itertools
 import json
 import time
 from collections.abc import Callable
@@ -29,12 +33,15 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from napari_unet.core import predictor
 from napari_unet.core.device import inference_dtype
 from napari_unet.core.model import UNet, valid_input_size
 from napari_unet.core.predictor import halo
 from napari_unet.core.tiling import auto_tile_size, plan_tiles, predict_tiled
 
 CPU = torch.device("cpu")
+#: ``--layouts``: the package's (channels-last on CPUs) and torch's default
+LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
 
 
 def best_of(run: Callable[[], object], repeats: int) -> float:
@@ -82,15 +89,18 @@ def speed(args: argparse.Namespace) -> None:
     megapixels = args.size**2 / 1e6
     for base in args.base:
         torch.manual_seed(0)
-        net = UNet(base_channels=base).eval()
-        plan = plan_tiles(net, image.shape, auto_tile_size(net, CPU))
-        tiled_flops = forward_flops(net, plan.tile) * len(plan.origins)
+        made = UNet(base_channels=base).eval()
+        plan = plan_tiles(made, image.shape, auto_tile_size(made, CPU))
+        tiled_flops = forward_flops(made, plan.tile) * len(plan.origins)
         h, w = image.shape
-        m = halo(net)
+        m = halo(made)
         floor_flops = forward_flops(
-            net, (valid_input_size(h + 2 * m), valid_input_size(w + 2 * m))
+            made, (valid_input_size(h + 2 * m), valid_input_size(w + 2 * m))
         )
-        for precision in args.precisions:
+        for layout, precision in itertools.product(args.layouts, args.precisions):
+            # the weights' layout decides the convolutions' (the 1-channel input is both)
+            net = made.to(memory_format=LAYOUTS[layout])
+            predictor.conv_layout = lambda device, layout=layout: LAYOUTS[layout]
             dtype = inference_dtype(precision, CPU)
             run = functools.partial(predict_tiled, net, image, device="cpu", precision=precision)
             tiled = best_of(run, args.repeats)
@@ -98,6 +108,7 @@ def speed(args: argparse.Namespace) -> None:
             limit = limits["float32" if dtype is None else "bfloat16"]
             row = {
                 "base": base,
+                "layout": layout,
                 "precision": precision,
                 "tile": plan.tile[0],
                 "tiles": len(plan.origins),
@@ -158,6 +169,7 @@ def main() -> None:
     s.add_argument("--size", type=int, default=2048)
     s.add_argument("--base", type=int, nargs="+", default=[16, 32, 64])
     s.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
+    s.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=["channels_last"])
     s.add_argument("--repeats", type=int, default=2)
     s.set_defaults(func=speed)
     lab = sub.add_parser("labels")

@@ -1,3 +1,6 @@
+import dataclasses
+import threading
+
 import numpy as np
 import pytest
 import torch
@@ -377,17 +380,17 @@ def test_time_budget_ends_training_on_time_final_validation_included(data, monke
     """A fake clock: each step costs 1 s and each validation 5 s; the budget is 60 s."""
     now = [0.0]
     monkeypatch.setattr(training, "_clock", lambda: now[0])
-    batch, score = PatchSampler.batch, training.evaluate
+    loss, score = training.weighted_cross_entropy, training.evaluate
 
-    def slow_batch(self, n):
+    def slow_step(*args, **kwargs):  # once per step, in the training thread
         now[0] += 1.0
-        return batch(self, n)
+        return loss(*args, **kwargs)
 
     def slow_evaluate(*args, **kwargs):
         now[0] += 5.0
         return score(*args, **kwargs)
 
-    monkeypatch.setattr(PatchSampler, "batch", slow_batch)
+    monkeypatch.setattr(training, "weighted_cross_entropy", slow_step)
     monkeypatch.setattr(training, "evaluate", slow_evaluate)
     train_set, _ = data
     config = TrainConfig(
@@ -440,3 +443,36 @@ def test_a_diverging_run_stops_and_returns_the_model_from_before(data, monkeypat
     state = result.model.state_dict()
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
     assert all(torch.equal(state[k], v.cpu()) for k, v in snapshots[2].items())
+
+
+def test_batches_are_made_in_the_background_in_the_serial_order(data, monkeypatch):
+    train_set, _ = data
+    images, labels = zip(*train_set[:1], strict=True)
+    config = TrainConfig(
+        steps=4, batch_size=1, patch_size=92, depth=3, base_channels=4, seed=3, validation="none"
+    )
+    threads = []
+    batch = PatchSampler.batch
+
+    def watched(self, n):
+        threads.append(threading.current_thread().name)
+        return batch(self, n)
+
+    monkeypatch.setattr(PatchSampler, "batch", watched)
+    ahead = train(images, labels, config=config, device="cpu")
+    assert threads and all(name.startswith("napari-unet-background") for name in threads)
+
+    def serial(produce, ahead=1):  # what the loop did before: sample, then step
+        while True:
+            yield produce()
+
+    monkeypatch.setattr(training, "made_ahead", serial)
+    threads.clear()
+    in_loop = train(images, labels, config=config, device="cpu")
+    assert threads == [threading.main_thread().name] * 4
+    assert [h["loss"] for h in ahead.history] == [h["loss"] for h in in_loop.history]
+    before = threading.active_count()
+    jobs = iter_train(images, labels, config=dataclasses.replace(config, steps=100))
+    next(jobs)
+    jobs.close()  # a stopped training leaves no thread behind
+    assert threading.active_count() <= before

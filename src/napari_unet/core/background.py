@@ -2,22 +2,24 @@
 
 A plane's post-processing (labels), the reading of the next plane and the
 writing of results can run while the network predicts, so the device is not
-idle between planes. :class:`InOrder` runs jobs one at a time in a thread of
-its own and hands their results back in submission order; at most ``depth``
-jobs wait or run, so memory stays bounded (``submit`` waits for room).
-Numpy, scipy, scikit-image, tifffile and torch release the GIL in their heavy
-parts, so the jobs and the network do overlap.
+idle between planes; training's next batch of patches is sampled and
+augmented while the network takes its step (:func:`made_ahead`).
+:class:`InOrder` runs jobs one at a time in a thread of its own and hands
+their results back in submission order; at most ``depth`` jobs wait or run,
+so memory stays bounded (``submit`` waits for room). Numpy, scipy,
+scikit-image, tifffile and torch release the GIL in their heavy parts, so the
+jobs and the network do overlap.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-__all__ = ["InOrder"]
+__all__ = ["InOrder", "made_ahead"]
 
 R = TypeVar("R")
 
@@ -86,3 +88,24 @@ class InOrder(Generic[R]):
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def made_ahead(produce: Callable[[], R], ahead: int = 1) -> Generator[R, None, None]:
+    """``produce()`` again and again, ``ahead`` calls made in advance in a background thread.
+
+    The calls run one at a time, in order, so a seeded ``produce`` gives the
+    same sequence as calling it in a loop. Closing the iterator (or letting it
+    go) stops the thread after the call it is in.
+
+    Examples
+    --------
+    >>> from itertools import count
+    >>> numbers = count()
+    >>> squares = made_ahead(lambda: next(numbers) ** 2, ahead=2)
+    >>> [next(squares) for _ in range(4)]
+    [0, 1, 4, 9]
+    >>> squares.close()
+    """
+    with InOrder[R](ahead + 1) as jobs:
+        while True:
+            yield from jobs.submit(produce)

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TypeVar
 
 import torch
 
 from napari_unet.core.precision import check_precision
 
+M = TypeVar("M", bound=torch.nn.Module)
+
 __all__ = [
     "autocast_dtype",
     "available_memory",
+    "conv_layout",
     "cpu_has_native_bf16",
     "inference_dtype",
     "is_out_of_memory",
+    "move_to",
     "precision_name",
     "select_device",
 ]
@@ -82,6 +87,28 @@ def autocast_dtype(device: torch.device, *, cpu: bool = False) -> torch.dtype | 
     if device.type == "cpu" and cpu and cpu_has_native_bf16():
         return torch.bfloat16
     return None
+
+
+def conv_layout(device: torch.device) -> torch.memory_format:
+    """The memory layout the U-Net's convolutions run fastest in on ``device``.
+
+    Channels-last on CPUs (oneDNN) and CUDA (cuDNN); the default layout on
+    Apple MPS, where it was not measured. On this project's 2-core CPU it made
+    a forward pass 1.5x faster in float32 and 4x in bfloat16, and a training
+    step 1.15x (``docs/benchmarks.md``).
+
+    Examples
+    --------
+    >>> conv_layout(torch.device("cpu"))
+    torch.channels_last
+    """
+    return torch.channels_last if device.type in ("cpu", "cuda") else torch.contiguous_format
+
+
+def move_to(model: M, device: torch.device) -> M:
+    """``model`` itself, moved to ``device`` and into its :func:`conv_layout`."""
+    layout = conv_layout(device)
+    return model.to(device).to(memory_format=layout)  # type: ignore[call-overload]
 
 
 def inference_dtype(precision: str, device: torch.device) -> torch.dtype | None:

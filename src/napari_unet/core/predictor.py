@@ -20,7 +20,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import torch
 
-from napari_unet.core.device import inference_dtype
+from napari_unet.core.device import conv_layout, inference_dtype, move_to
 from napari_unet.core.model import UNet, valid_input_size
 
 __all__ = [
@@ -133,13 +133,22 @@ def forward(
 
 
 def on_device(model: UNet, device: torch.device) -> UNet:
-    """``model`` itself if it already lives on ``device``, else a copy moved there."""
+    """``model`` itself if it lives on ``device`` in its fastest layout, else such a copy.
+
+    The layout is :func:`~napari_unet.core.device.conv_layout`; the copy is
+    in eval mode.
+    """
+    layout = conv_layout(device)
     param = next(model.parameters())
-    if param.device.type == device.type and (
+    same_device = param.device.type == device.type and (
         device.index is None or param.device.index == device.index
-    ):
+    )
+    in_layout = all(
+        p.is_contiguous(memory_format=layout) for p in model.parameters() if p.dim() == 4
+    )
+    if same_device and in_layout:
         return model
-    return copy.deepcopy(model).to(device).eval()
+    return move_to(copy.deepcopy(model), device).eval()
 
 
 @contextmanager
@@ -157,7 +166,7 @@ class NetworkPredictor:
 
     The network runs in eval mode (its own mode is restored after every
     batch) in the autocast ``precision``; a copy is made only when it lives on
-    another device.
+    another device or in another layout (:func:`on_device`).
 
     Parameters
     ----------

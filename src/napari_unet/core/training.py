@@ -18,7 +18,9 @@ import logging
 import math
 import time
 from collections.abc import Callable, Generator, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from numpy.typing import ArrayLike
 
+from napari_unet.core.background import made_ahead
 from napari_unet.core.checkpoint import save_model, suggested_threshold
 from napari_unet.core.dataset import (
     PatchSampler,
@@ -37,6 +40,7 @@ from napari_unet.core.dataset import (
 from napari_unet.core.device import (
     autocast_dtype,
     inference_dtype,
+    move_to,
     precision_name,
     select_device,
 )
@@ -381,7 +385,7 @@ def iter_train(
         )
     else:
         net = copy.deepcopy(model)
-    net = net.to(dev)
+    net = move_to(net, dev)
     net.metadata = {**net.metadata, "task": config.task}  # a preview labels as for its task
 
     val: list[_ValImage] = [
@@ -495,73 +499,75 @@ def iter_train(
         history.append({"step": 0})
         validate(0, history[0])
     step = 0
-    for step in range(1, config.steps + 1):
-        elapsed = _clock() - start
-        progress = max((step - 1) / config.steps, elapsed / budget)
-        lr = _learning_rate(base_lr, progress)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        x, y, w = (torch.from_numpy(a).to(dev) for a in sampler.batch(config.batch_size))
-        net.train()
-        for module in frozen:
-            module.eval()  # batch-norm statistics stay those of the start
-        with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
-            logits = net(x)
-        loss = weighted_cross_entropy(logits, y, w, dice_weight=config.dice_weight)
-        if not torch.isfinite(loss):  # diverged: keep the weights from before it
-            logger.warning(
-                "training diverged at step %d (loss %s); keeping the best model so far "
-                "(try a lower learning rate)",
+    # the next batch is sampled and augmented in a background thread during this step
+    with closing(made_ahead(partial(sampler.batch, config.batch_size))) as batches:
+        for step in range(1, config.steps + 1):
+            elapsed = _clock() - start
+            progress = max((step - 1) / config.steps, elapsed / budget)
+            lr = _learning_rate(base_lr, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            x, y, w = (torch.from_numpy(a).to(dev) for a in next(batches))
+            net.train()
+            for module in frozen:
+                module.eval()  # batch-norm statistics stay those of the start
+            with torch.autocast(dev.type, dtype=amp, enabled=amp is not None):
+                logits = net(x)
+            loss = weighted_cross_entropy(logits, y, w, dice_weight=config.dice_weight)
+            if not torch.isfinite(loss):  # diverged: keep the weights from before it
+                logger.warning(
+                    "training diverged at step %d (loss %s); keeping the best model so far "
+                    "(try a lower learning rate)",
+                    step,
+                    loss.item(),
+                )
+                stopped = "diverged"  # the best weights are loaded after the loop
+                step -= 1
+                break
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_value = loss.item()
+            record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr}
+
+            validation, improved = None, False
+            if step % config.validate_every == 0 or step == config.steps:
+                validation, improved = validate(step, record)
+            history.append(record)
+
+            elapsed = _clock() - start
+            # the final validation (if the last step is not one) must fit in the budget too
+            reserve = validation_seconds if val and step % config.validate_every else 0.0
+            by_steps = elapsed / step * (config.steps - step) + reserve
+            eta = min(by_steps, max(budget - elapsed, 0.0))
+            fraction = min(max(step / config.steps, elapsed / budget), 1.0)
+            yield TrainProgress(
                 step,
-                loss.item(),
+                config.steps,
+                loss_value,
+                lr,
+                elapsed,
+                eta,
+                validation,
+                best_score,
+                improved,
+                fraction,
             )
-            stopped = "diverged"  # the best weights are loaded after the loop
-            step -= 1
-            break
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        loss_value = loss.item()
-        record: dict[str, Any] = {"step": step, "loss": loss_value, "lr": lr}
-
-        validation, improved = None, False
-        if step % config.validate_every == 0 or step == config.steps:
-            validation, improved = validate(step, record)
-        history.append(record)
-
-        elapsed = _clock() - start
-        # the final validation (if the last step is not one) must fit in the budget too
-        reserve = validation_seconds if val and step % config.validate_every else 0.0
-        by_steps = elapsed / step * (config.steps - step) + reserve
-        eta = min(by_steps, max(budget - elapsed, 0.0))
-        fraction = min(max(step / config.steps, elapsed / budget), 1.0)
-        yield TrainProgress(
-            step,
-            config.steps,
-            loss_value,
-            lr,
-            elapsed,
-            eta,
-            validation,
-            best_score,
-            improved,
-            fraction,
-        )
-        if should_stop is not None and should_stop():
-            stopped = "stopped"
-            break
-        if elapsed + reserve >= budget:
-            stopped = "time"
-            break
-        if config.patience is not None and stale >= config.patience:
-            stopped = "early"
-            break
-        if preview is not None and step < config.steps:
-            options = SegmentConfig(threshold=best_threshold).segment_kwargs(net)
-            update = preview.poll(net, step=step, device=dev, options=options)
-            if update is not None:
-                yield update
+            if should_stop is not None and should_stop():
+                stopped = "stopped"
+                break
+            if elapsed + reserve >= budget:
+                stopped = "time"
+                break
+            if config.patience is not None and stale >= config.patience:
+                stopped = "early"
+                break
+            if preview is not None and step < config.steps:
+                options = SegmentConfig(threshold=best_threshold).segment_kwargs(net)
+                update = preview.poll(net, step=step, device=dev, options=options)
+                if update is not None:
+                    yield update
 
     diverged = stopped == "diverged"
     if val and validated != step and not diverged:  # stopped between validations: score it
