@@ -26,8 +26,12 @@ import argparse
 import functools
 import itertools
 import json
+import os
+import platform
+import re
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,6 +46,16 @@ from napari_unet.core.tiling import auto_tile_size, plan_tiles, predict_tiled
 CPU = torch.device("cpu")
 #: ``--layouts``: the package's (channels-last on CPUs) and torch's default
 LAYOUTS = {"channels_last": torch.channels_last, "contiguous": torch.contiguous_format}
+
+
+def cpu_model() -> str:
+    """This CPU's model name and its bfloat16 units (from /proc/cpuinfo on Linux)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = re.search(r"^model name\s*:\s*(.+)$", info, re.MULTILINE)
+    flags = re.search(r"^flags\s*:\s*(.+)$", info, re.MULTILINE)
+    units = sorted({"amx_bf16", "avx512_bf16"} & set(flags.group(1).split() if flags else ()))
+    model = name.group(1) if name else platform.processor()
+    return f"{model} ({', '.join(units) or 'no native bfloat16'}), {os.cpu_count()} cores"
 
 
 def best_of(run: Callable[[], object], repeats: int) -> float:
@@ -84,6 +98,7 @@ def speed(args: argparse.Namespace) -> None:
     limits = {
         p: matmul_gflops(d) for p, d in (("float32", torch.float32), ("bfloat16", torch.bfloat16))
     }
+    print(json.dumps({"cpu": cpu_model()}))
     print(json.dumps({"matmul_gflops": {k: round(v, 1) for k, v in limits.items()}}), flush=True)
     image = np.random.default_rng(0).random((args.size, args.size), dtype=np.float32)
     megapixels = args.size**2 / 1e6

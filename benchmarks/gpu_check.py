@@ -373,7 +373,7 @@ def training(dev: torch.device, steps: int) -> Measured:
     """Section 4."""
     images, labels = disk_images(4, 512)
     config = TrainConfig(steps=steps, minutes=None, validation="none", mixed_precision=True)
-    precision = precision_name(autocast_dtype(dev, cpu=True))
+    precision = precision_name(autocast_dtype(dev))
     if dev.type == "cuda":
         release(dev)
         torch.cuda.reset_peak_memory_stats(dev)

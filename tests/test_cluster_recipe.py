@@ -28,6 +28,7 @@ distributed = pytest.importorskip("distributed")
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cluster.md"
 SCRIPT = "segment_on_cluster.py"
+FLOAT32_WORKERS = Path(__file__).resolve().parent / "float32_workers.py"
 #: Seconds allowed for a process to start, the workers to join, the script to run.
 START_TIMEOUT = 120
 RUN_TIMEOUT = 300
@@ -137,6 +138,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, list[Path]]]:
                     "--name", f"node{i}",
                     "--local-directory", str(tmp_path / f"worker-{i}"),
                     "--death-timeout", "60s",  # ends itself should the scheduler vanish
+                    "--preload", str(FLOAT32_WORKERS),
                 ],
             )  # fmt: skip
         yield address, logs

@@ -1,4 +1,5 @@
 import pickle
+from pathlib import Path
 
 import dask
 import dask.array as da
@@ -11,6 +12,8 @@ from napari_unet.core.checkpoint import ModelFileError, save_model
 from napari_unet.core.distributed import block_depth, predict_dask
 from napari_unet.core.model import UNet
 from napari_unet.core.tiling import halo, predict_tiled, tile_for_core
+
+FLOAT32_WORKERS = Path(__file__).resolve().parents[1] / "float32_workers.py"
 
 ATOL = 2e-5
 
@@ -217,7 +220,11 @@ def test_local_cluster_two_processes(net, model_path):
     stack = rand(2, 150, 180, seed=8)
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            preload=[str(FLOAT32_WORKERS)],
         ) as cluster,
         distributed.Client(cluster) as client,
     ):
@@ -304,7 +311,11 @@ def test_label_dask_on_a_cluster_of_processes_equals_whole_plane_labels(options)
     out = np.zeros((1, 130, 170), np.uint32)
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            preload=[str(FLOAT32_WORKERS)],
         ) as cluster,
         distributed.Client(cluster),
     ):

@@ -37,7 +37,7 @@ def whole_pass(net: UNet, image: np.ndarray, dtype: torch.dtype | None) -> np.nd
 
 def test_the_choices_and_what_auto_means_here():
     assert PRECISIONS == ("auto", "float32", "bfloat16", "float16")
-    assert inference_dtype("auto", CPU) is None  # float32 on CPUs
+    assert inference_dtype("auto", CPU) is None  # float32 on CPUs without native bfloat16
     assert inference_dtype("float32", CPU) is None
     assert inference_dtype("bfloat16", CPU) is torch.bfloat16
     assert inference_dtype("float16", CPU) is torch.float16
@@ -50,6 +50,19 @@ def test_the_choices_and_what_auto_means_here():
         check_precision("fp8")
     with pytest.raises(ValueError, match="must be one of"):
         NetworkPredictor(UNet(base_channels=2), CPU, "half")
+
+
+def test_auto_is_bfloat16_where_the_cpu_computes_it(net, monkeypatch):
+    from napari_unet.core import device
+
+    image = np.random.default_rng(0).random((150, 170), dtype=np.float32)
+    float32 = predict_tiled(net, image, tile_size=204, device="cpu", precision="float32")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
+    assert inference_dtype("auto", CPU) is torch.bfloat16
+    auto = predict_tiled(net, image, tile_size=204, device="cpu")
+    bf16 = predict_tiled(net, image, tile_size=204, device="cpu", precision="bfloat16")
+    np.testing.assert_array_equal(auto, bf16)
+    assert np.abs(auto - float32).max() > 1e-4
 
 
 def test_float32_stays_exact(net):

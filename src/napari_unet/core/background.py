@@ -95,7 +95,8 @@ def made_ahead(produce: Callable[[], R], ahead: int = 1) -> Generator[R, None, N
 
     The calls run one at a time, in order, so a seeded ``produce`` gives the
     same sequence as calling it in a loop. Closing the iterator (or letting it
-    go) stops the thread after the call it is in.
+    go) stops the thread after the call it is in. With ``ahead=0`` each call
+    is made when its result is asked for, in the caller's thread.
 
     Examples
     --------
@@ -106,6 +107,9 @@ def made_ahead(produce: Callable[[], R], ahead: int = 1) -> Generator[R, None, N
     [0, 1, 4, 9]
     >>> squares.close()
     """
+    if ahead == 0:
+        while True:
+            yield produce()
     with InOrder[R](ahead + 1) as jobs:
         while True:
             yield from jobs.submit(produce)

@@ -428,7 +428,7 @@ def iter_train(
         optimizer = torch.optim.SGD(params, lr=base_lr, momentum=0.99)
     else:
         optimizer = torch.optim.Adam(params, lr=base_lr)
-    amp = autocast_dtype(dev, cpu=True) if config.mixed_precision else None
+    amp = autocast_dtype(dev) if config.mixed_precision else None
     scaler = torch.amp.GradScaler("cuda", enabled=amp == torch.float16)
 
     history: list[dict[str, Any]] = []
@@ -499,8 +499,11 @@ def iter_train(
         history.append({"step": 0})
         validate(0, history[0])
     step = 0
-    # the next batch is sampled and augmented in a background thread during this step
-    with closing(made_ahead(partial(sampler.batch, config.batch_size))) as batches:
+    # on a GPU the next batch is sampled and augmented on the CPU during this step; on
+    # the CPU the network already keeps every core busy and a sampling thread beside it
+    # slowed steps down by 1.27x (benchmarks/bench_training_speed.py)
+    ahead = 0 if dev.type == "cpu" else 1
+    with closing(made_ahead(partial(sampler.batch, config.batch_size), ahead)) as batches:
         for step in range(1, config.steps + 1):
             elapsed = _clock() - start
             progress = max((step - 1) / config.steps, elapsed / budget)
