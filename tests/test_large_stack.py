@@ -69,9 +69,14 @@ class Run:
 
 
 def run_cli(*args, interrupt_after_plane: bool = False, sig=signal.SIGINT) -> Run:
-    """Run the CLI; measure its peak RSS; optionally send ``sig`` once a plane is done."""
+    """Run the CLI; measure its peak RSS; optionally send ``sig`` once a plane is done.
+
+    In float32, as the in-process reference runs (``auto`` would be bfloat16 in the
+    child on a CPU that computes it natively; ``tests/conftest.py``).
+    """
     start = time.perf_counter()
-    proc = subprocess.Popen([*CLI, *map(str, args)], stderr=subprocess.PIPE)
+    command = [*CLI, *map(str, args), "--precision", "float32"]
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE)
     anon, chunks, done = [0], [], threading.Event()
 
     def poll() -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 import napari_unet
 from napari_unet.core.config_help import option_help
-from napari_unet.core.precision import PRECISIONS
+from napari_unet.core.precision import PRECISION_HELP, PRECISIONS
 from napari_unet.core.segment_config import SegmentConfig
 from napari_unet.core.train_config import (
     FINE_TUNE_LEARNING_RATE,
@@ -669,9 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         choices=PRECISIONS,
         default="auto",
-        help="the network's arithmetic: auto (bfloat16 on CUDA GPUs, float32 on CPUs and "
-        "Apple GPUs), float32 (exact: tiled equals one pass over the whole image), "
-        "bfloat16 or float16 (autocast)",
+        help=PRECISION_HELP,
     )
     p.add_argument(
         "--threshold",

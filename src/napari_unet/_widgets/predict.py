@@ -43,7 +43,7 @@ from napari_unet._widgets._settings import (
 )
 from napari_unet._widgets._worker import JobRunner
 from napari_unet.core.io import allocate_zeros, max_label
-from napari_unet.core.precision import PRECISIONS
+from napari_unet.core.precision import PRECISION_HELP, PRECISIONS
 from napari_unet.core.pretrained import DEFAULT_PRETRAINED, pretrained_models
 from napari_unet.core.segment_config import SegmentConfig
 
@@ -185,9 +185,7 @@ class PredictWidget(Container):
             choices=PRECISIONS,
             value=settings["precision"] if settings["precision"] in PRECISIONS else "auto",
             label="Precision",
-            tooltip="The network's arithmetic. auto: bfloat16 on CUDA GPUs, float32 on CPUs "
-            "and Apple GPUs; float32 is exact (tiles agree with one pass over the whole "
-            "image); bfloat16 / float16 are faster where the hardware computes them natively",
+            tooltip=PRECISION_HELP[0].upper() + PRECISION_HELP[1:],
         )
         self.threshold = FloatSpinBox(
             value=0.5,
