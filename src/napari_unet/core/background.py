@@ -2,8 +2,8 @@
 
 A plane's post-processing (labels), the reading of the next plane and the
 writing of results can run while the network predicts, so the device is not
-idle between planes; training's next batch of patches is sampled and
-augmented while the network takes its step (:func:`made_ahead`).
+idle between planes; on a GPU, training's next batch of patches is sampled
+and augmented while the network takes its step (:func:`made_ahead`).
 :class:`InOrder` runs jobs one at a time in a thread of its own and hands
 their results back in submission order; at most ``depth`` jobs wait or run,
 so memory stays bounded (``submit`` waits for room). Numpy, scipy,

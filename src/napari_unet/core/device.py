@@ -94,8 +94,8 @@ def conv_layout(device: torch.device) -> torch.memory_format:
 
     Channels-last on CPUs (oneDNN) and CUDA (cuDNN); the default layout on
     Apple MPS, where it was not measured. On this project's 2-core CPU it made
-    a forward pass 1.5x faster in float32 and 4x in bfloat16, and a training
-    step 1.15x (``docs/benchmarks.md``).
+    tiled prediction 1.75x faster in float32 and 2.35x in bfloat16 (base 16),
+    and a training step 1.2x (``docs/benchmarks.md``).
 
     Examples
     --------
