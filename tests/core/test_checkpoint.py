@@ -105,3 +105,28 @@ def test_missing_and_non_zip(tmp_path):
 def test_metadata_must_be_json(tmp_path):
     with pytest.raises(ValueError, match="JSON"):
         save_model(tmp_path / "m.pt", UNet(base_channels=2), bad=object())
+
+
+def test_a_loaded_model_runs_on_the_cpu_without_a_copy(tmp_path, monkeypatch):
+    from napari_unet.core import predictor
+    from napari_unet.core.predictor import NetworkPredictor
+
+    copies = []  # the networks the predictor copied to run them (on_device's copies)
+    move_to = predictor.move_to
+    monkeypatch.setattr(predictor, "move_to", lambda m, d: copies.append(m) or move_to(m, d))
+    made = UNet(depth=2, base_channels=2).eval()
+    model = load_model(save_model(tmp_path / "m.pt", made))
+    assert all(
+        p.is_contiguous(memory_format=torch.channels_last)
+        for p in model.parameters()
+        if p.dim() == 4
+    )
+    image = np.random.default_rng(0).random((70, 90), dtype=np.float32)
+    np.testing.assert_allclose(
+        predict_tiled(model, image, device="cpu"), predict_tiled(made, image, device="cpu")
+    )
+    assert len(copies) == 1  # only the model in torch's default layout was copied
+    # a predictor asked for its geometry only copies nothing
+    geometry = NetworkPredictor(made, torch.device("cpu"))
+    assert geometry.tile_for_core(16) > 0 and geometry.bytes_per_pixel > 0
+    assert len(copies) == 1

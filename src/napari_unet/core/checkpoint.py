@@ -20,6 +20,7 @@ import torch
 
 import napari_unet
 from napari_unet.core.bioimageio import is_bioimageio_package
+from napari_unet.core.device import move_to
 from napari_unet.core.io import unique_path
 from napari_unet.core.model import UNet, UNetConfig
 from napari_unet.core.preprocess import Normalization
@@ -158,7 +159,9 @@ def load_model(path: str | os.PathLike[str]) -> UNet:
     Returns
     -------
     model : UNet
-        In eval mode on the CPU, with ``normalization`` and ``metadata`` set.
+        In eval mode on the CPU, in its convolution layout
+        (:func:`~napari_unet.core.device.conv_layout`), with ``normalization`` and
+        ``metadata`` set.
 
     Raises
     ------
@@ -168,17 +171,20 @@ def load_model(path: str | os.PathLike[str]) -> UNet:
     if is_bioimageio_package(model_file(path)):
         from napari_unet.core.bioimageio import load_package
 
-        return load_package(model_file(path))
-    payload = read_model_file(path)
-    try:
-        config = UNetConfig(**payload["config"])
-        model = UNet.from_config(config)
-        model.load_state_dict(payload["state_dict"])
-        model.normalization = Normalization.from_dict(payload["normalization"])
-    except (TypeError, ValueError, KeyError, RuntimeError) as err:
-        raise ModelFileError(f"{path} is malformed: {err}") from None
-    model.metadata = dict(payload.get("metadata") or {})
-    return model.eval()
+        model = load_package(model_file(path))
+    else:
+        payload = read_model_file(path)
+        try:
+            config = UNetConfig(**payload["config"])
+            model = UNet.from_config(config)
+            model.load_state_dict(payload["state_dict"])
+            model.normalization = Normalization.from_dict(payload["normalization"])
+        except (TypeError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelFileError(f"{path} is malformed: {err}") from None
+        model.metadata = dict(payload.get("metadata") or {})
+    # in the CPU's convolution layout, as training returns its models: predicting on the
+    # CPU then runs this model itself, with no copy
+    return move_to(model, torch.device("cpu")).eval()
 
 
 def suggested_threshold(model: UNet) -> float:

@@ -12,6 +12,7 @@ device; :class:`TestTimeAugmentation` wraps any predictor.
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -165,8 +166,8 @@ class NetworkPredictor:
     """A :class:`~napari_unet.core.model.UNet` as a :class:`Predictor` on one device.
 
     The network runs in eval mode (its own mode is restored after every
-    batch) in the autocast ``precision``; a copy is made only when it lives on
-    another device or in another layout (:func:`on_device`).
+    batch) in the autocast ``precision``; a copy is made, on the first batch, only
+    when it lives on another device or in another layout (:func:`on_device`).
 
     Parameters
     ----------
@@ -192,13 +193,21 @@ class NetworkPredictor:
         self.device = next(net.parameters()).device if device is None else device
         self.precision = precision
         self.dtype = inference_dtype(precision, self.device)
-        self.net = on_device(net, self.device)
         self.in_channels = net.in_channels
         self.n_classes = net.n_classes
         self.step = net.step
         self.halo = halo(net)
         self.bytes_per_pixel = float(BYTES_PER_PIXEL_CHANNEL * net.config.base_channels)
         self._tile_for_core: dict[int, int] = {}
+
+    @functools.cached_property
+    def net(self) -> UNet:
+        """The network that runs, on the device and in its layout (:func:`on_device`).
+
+        Made on the first batch, so asking a predictor for its geometry (tile
+        sizes, memory per pixel) never copies a network.
+        """
+        return on_device(self.source, self.device)
 
     def tile_for_core(self, core: int) -> int:
         """Input tile edge whose output covers a core of ``core`` pixels."""
