@@ -99,7 +99,37 @@ def close_gaps(labels: np.ndarray, width: int = 1) -> np.ndarray:
     gap = 2 * (width + 1)
     d1, d2 = two_nearest_distances(labels, gap)
     between = (labels == 0) & (d1 <= width + 0.5) & (d1 + d2 <= gap)
-    return np.where(between, expand_labels(labels, width + 0.5), labels)
+    return _give_nearest_label(labels, between, width + 0.5)
+
+
+def _give_nearest_label(labels: np.ndarray, where: np.ndarray, reach: float) -> np.ndarray:
+    """``labels`` with each pixel of ``where`` given the label of its nearest cell pixel.
+
+    Every such pixel must have a cell pixel within ``reach``. Neighbours are
+    tried nearest first, equal distances in a fixed order of offsets, so the
+    choice depends on the pixel's surroundings only (the same in any crop).
+    A whole-plane :func:`~skimage.segmentation.expand_labels` did the same at
+    ~3x the cost of the rest of the post-processing (1024² plane, 700 cells).
+    """
+    rows, cols = np.nonzero(where)
+    found = np.zeros(rows.size, labels.dtype)
+    r = int(reach)
+    offsets = sorted(
+        ((dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)),
+        key=lambda o: (o[0] ** 2 + o[1] ** 2, o),
+    )
+    for dy, dx in offsets[1:]:  # offsets[0] is the pixel itself
+        if dy * dy + dx * dx > reach * reach:
+            break
+        todo = np.flatnonzero(found == 0)
+        if not todo.size:
+            break
+        y, x = rows[todo] + dy, cols[todo] + dx
+        inside = (y >= 0) & (y < labels.shape[0]) & (x >= 0) & (x < labels.shape[1])
+        found[todo[inside]] = labels[y[inside], x[inside]]
+    out = labels.copy()
+    out[rows, cols] = found
+    return out
 
 
 def split_touching(
