@@ -14,6 +14,13 @@ fine-tuning settings without looking at the 100.
 taken at another magnification, segmented at the image's own scale and with
 ``diameter`` = the true median nucleus diameter.
 
+``selection``: fine-tune with the default settings (5-minute budget) on
+``--dev`` draws and score every validated checkpoint on the draw's test
+images too; then replay the choice of the kept model for each ``--margins``
+value (a checkpoint replaces the start only if its validation score beats
+the start's by that margin) with and without early stopping. This chooses
+``TrainConfig``'s margin without looking at the 100.
+
 ``dev``: choose post-processing (threshold, grow) on the corpus images that
 pretraining held out (``train_pretrained.py --n-val``), never on the 100.
 
@@ -28,6 +35,7 @@ Usage::
         --seeds 0 1 2
     python benchmarks/bench_pretrained.py fine-tune --from scratch --cpu-seconds 120
     python benchmarks/bench_pretrained.py scale --zooms 0.5 2 3 --n-images 20
+    python benchmarks/bench_pretrained.py selection --seeds 0 1 2 3 4 5
     python benchmarks/bench_pretrained.py dev --model benchmarks/_out/pretrain/nuclei.pt
     python benchmarks/bench_pretrained.py bundle --model benchmarks/_out/pretrain/nuclei.pt
 """
@@ -92,20 +100,24 @@ def zero_shot(args: argparse.Namespace) -> None:
     print(json.dumps(report), flush=True)
 
 
+def draw(seed: int, dev: bool) -> tuple[list, list, list, list]:
+    """5 training and their test images, of the 100 or (``dev``) of the corpus's held-out 20."""
+    if dev:  # 5 + 15 of the corpus images that pretraining held out
+        from train_pretrained import corpus_ids
+
+        pool = corpus_ids(20, 0)[1]
+        order = np.random.default_rng(seed).permutation(len(pool))
+        folder, train_ids = CORPUS, [pool[i] for i in order[:5]]
+        test_ids = [pool[i] for i in order[5:]]
+    else:
+        folder, train_ids, test_ids = split("dsb", 5, 20, seed)
+    return (*load(folder, train_ids), *load(folder, test_ids))
+
+
 def fine_tune(args: argparse.Namespace) -> None:
     start = None if args.from_model == SCRATCH else load_model(args.from_model)
     for seed in args.seeds:
-        if args.dev:  # 5 + 15 of the corpus images that pretraining held out
-            from train_pretrained import corpus_ids
-
-            pool = corpus_ids(20, 0)[1]
-            order = np.random.default_rng(seed).permutation(len(pool))
-            folder, train_ids = CORPUS, [pool[i] for i in order[:5]]
-            test_ids = [pool[i] for i in order[5:]]
-        else:
-            folder, train_ids, test_ids = split("dsb", 5, 20, seed)
-        images, masks = load(folder, train_ids)
-        test_images, test_masks = load(folder, test_ids)
+        images, masks, test_images, test_masks = draw(seed, args.dev)
         if start is not None:
             base = score(start, test_images, test_masks)
             print(json.dumps({"mode": "zero-shot", "seed": seed, **base}), flush=True)
@@ -132,6 +144,70 @@ def fine_tune(args: argparse.Namespace) -> None:
                 "threshold": result.threshold,
                 **score(result.model, test_images, test_masks),
             }
+            print(json.dumps(report), flush=True)
+
+
+def replay(trace: list[dict], margin: float, patience: int | None) -> dict:
+    """The checkpoint that training keeps, given each validation's score, in order.
+
+    ``trace[0]`` is the start; a later checkpoint replaces the start only if
+    it scores more than ``margin`` above it, and the best one so far after that.
+    """
+    best, stale = 0, 0
+    for k, record in enumerate(trace[1:], start=1):
+        bar = trace[best]["score"] + (margin if best == 0 else 0.0)
+        if record["score"] > bar:
+            best, stale = k, 0
+        else:
+            stale += 1
+        if patience is not None and stale >= patience:
+            break
+    return trace[best]
+
+
+def selection(args: argparse.Namespace) -> None:
+    from napari_unet.core import training
+
+    start = load_model(args.from_model)
+    evaluate, paused = training.evaluate, 0.0
+    trace: list[dict] = []
+
+    def scored(net: UNet, val: list, **options: object) -> dict[str, float]:
+        """The validation score, and (off the training clock) the test score."""
+        nonlocal paused
+        result = evaluate(net, val, **options)
+        began = time.perf_counter()
+        test = score(net, test_images, test_masks)
+        trace.append({"score": result["score"], "f1@0.5": test["f1@0.5"], "seg": test["seg"]})
+        paused += time.perf_counter() - began
+        return result
+
+    training.evaluate = scored
+    training._clock = lambda: time.perf_counter() - paused
+    runs = []
+    for seed in args.seeds:
+        images, masks, test_images, test_masks = draw(seed, dev=True)
+        trace = []
+        config = TrainConfig(
+            seed=seed,
+            patience=None,
+            learning_rate=args.lr,
+            freeze="encoder" if args.freeze else "none",
+        )
+        result = train(images, masks, model=start, config=config, device="cpu")
+        print(json.dumps({"mode": "trace", "seed": seed, "steps": result.steps, "trace": trace}))
+        runs.append(trace)
+    for patience in (TrainConfig.patience, None):
+        for margin in args.margins:
+            kept = [replay(trace, margin, patience) for trace in runs]
+            report = {"mode": "selection", "margin": margin, "patience": patience}
+            for key in ("f1@0.5", "seg"):
+                report[key] = round(float(np.mean([k[key] for k in kept])), 4)
+                gain = [k[key] - trace[0][key] for k, trace in zip(kept, runs, strict=True)]
+                report[f"{key} vs start"] = round(float(np.mean(gain)), 4)
+                report[f"{key} worst"] = round(float(min(gain)), 4)
+            starts = [trace[0] for trace in runs]
+            report["replaced"] = sum(k is not s for k, s in zip(kept, starts, strict=True))
             print(json.dumps(report), flush=True)
 
 
@@ -234,6 +310,13 @@ def main() -> None:
         "instead of the 100-image split",
     )
     f.set_defaults(func=fine_tune)
+    s = sub.add_parser("selection")
+    s.add_argument("--from", dest="from_model", default="nuclei", help="model to fine-tune")
+    s.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    s.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.005, 0.01, 0.02, 0.03, 1.0])
+    s.add_argument("--lr", type=float, help="learning rate (default: TrainConfig's)")
+    s.add_argument("--freeze", action="store_true", help="freeze the encoder")
+    s.set_defaults(func=selection)
     c = sub.add_parser("scale")
     c.add_argument("--model", default="nuclei", help="model file or bundled name")
     c.add_argument("--zooms", type=float, nargs="+", default=[0.5, 2.0, 3.0])

@@ -200,6 +200,31 @@ def test_fine_tuning_never_returns_worse_than_its_start_on_validation(bundled):
     assert result.best_score == result.history[0]["score"]
 
 
+@pytest.mark.parametrize(
+    ("margin", "kept_step"),
+    [(0.01, 4), (0.03, 0)],  # scores: start 0.80, then 0.815, 0.82, 0.81, 0.80
+)
+def test_a_checkpoint_replaces_the_start_only_by_the_margin(
+    bundled, monkeypatch, margin, kept_step
+):
+    from napari_unet.core import training
+
+    scores = iter([0.80, 0.815, 0.82, 0.81, 0.80])
+    monkeypatch.setattr(
+        training,
+        "evaluate",
+        lambda *a, **k: {"score": next(scores), "iou": 0.0, "f1": 0.0, "threshold": 0.5},
+    )
+    images, labels = _tiny_task()
+    config = TrainConfig(
+        steps=8, batch_size=1, patch_size=188, validate_every=2, start_margin=margin
+    )
+    result = train(images, labels, model=bundled, config=config, device="cpu")
+    assert result.best_step == kept_step
+    # once the start is beaten (0.815 > 0.80 + 0.01), a better checkpoint needs no margin
+    assert result.best_score == {0: 0.80, 4: 0.82}[kept_step]
+
+
 def test_cli_train_starts_from_the_bundled_model_for_cells(tmp_path, capsys):
     truth = touching_disks((96, 96), n=10, seed=4)
     image = (gaussian((truth > 0) * 150.0, 1) + 20).astype(np.uint8)

@@ -467,6 +467,7 @@ def iter_train(
         }
 
     validated = -1  # the last step validated
+    started = model is not None and bool(val)  # the start is scored and kept at step 0
 
     def validate(at: int, record: dict[str, Any]) -> tuple[dict[str, float] | None, bool]:
         """Score the network on the validation images; keep (and save) it if it is the best."""
@@ -481,7 +482,9 @@ def iter_train(
             )
             validation_seconds = _clock() - began
             record.update(validation)
-            improved = best_score is None or validation["score"] > best_score
+            # fine-tuning: the start (step 0) is beaten only by a margin
+            margin = config.start_margin if started and best_step == 0 else 0.0
+            improved = best_score is None or validation["score"] > best_score + margin
             stale = 0 if improved else stale + 1
         else:
             improved = True  # without validation the latest model is the best
@@ -494,7 +497,7 @@ def iter_train(
                 save_model(checkpoint, net, **metadata())
         return validation, improved
 
-    if model is not None and val:
+    if started:
         # fine-tuning keeps the starting model unless training beats it on validation
         history.append({"step": 0})
         validate(0, history[0])
