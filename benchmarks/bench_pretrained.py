@@ -59,7 +59,7 @@ from napari_unet.core.postprocess import object_diameter, probabilities_to_label
 from napari_unet.core.pretrained import SCRATCH, model_file
 from napari_unet.core.segment import PlaneDone, iter_segment
 from napari_unet.core.tiling import predict_tiled
-from napari_unet.core.training import TrainConfig, train
+from napari_unet.core.training import TrainConfig, replaces_best, train
 
 FEW_SHOT = DATA / "dsb2018_nuclei_train"
 CORPUS = DATA / "dsb2018_nuclei_pretrain"
@@ -150,13 +150,13 @@ def fine_tune(args: argparse.Namespace) -> None:
 def replay(trace: list[dict], margin: float, patience: int | None) -> dict:
     """The checkpoint that training keeps, given each validation's score, in order.
 
-    ``trace[0]`` is the start; a later checkpoint replaces the start only if
-    it scores more than ``margin`` above it, and the best one so far after that.
+    ``trace[0]`` is the start; each later checkpoint is judged by the rule
+    training uses (:func:`~napari_unet.core.training.replaces_best`).
     """
     best, stale = 0, 0
     for k, record in enumerate(trace[1:], start=1):
-        bar = trace[best]["score"] + (margin if best == 0 else 0.0)
-        if record["score"] > bar:
+        current = trace[best]["score"]
+        if replaces_best(record["score"], current, best_is_start=best == 0, margin=margin):
             best, stale = k, 0
         else:
             stale += 1

@@ -75,6 +75,7 @@ __all__ = [
     "TrainResult",
     "evaluate",
     "iter_train",
+    "replaces_best",
     "train",
     "validation_band",
     "validation_image",
@@ -308,6 +309,19 @@ def _learning_rate(base: float, progress: float) -> float:
     return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))))
 
 
+def replaces_best(
+    score: float, best_score: float | None, *, best_is_start: bool, margin: float
+) -> bool:
+    """Whether a checkpoint with validation ``score`` replaces the best one so far.
+
+    The starting model of a fine-tune (``best_is_start``) is replaced only by
+    a score more than ``margin`` above its own; any other best by a higher one.
+    """
+    if best_score is None:
+        return True
+    return score > best_score + (margin if best_is_start else 0.0)
+
+
 def iter_train(
     images: Sequence[ArrayLike],
     labels: Sequence[ArrayLike],
@@ -482,9 +496,12 @@ def iter_train(
             )
             validation_seconds = _clock() - began
             record.update(validation)
-            # fine-tuning: the start (step 0) is beaten only by a margin
-            margin = config.start_margin if started and best_step == 0 else 0.0
-            improved = best_score is None or validation["score"] > best_score + margin
+            improved = replaces_best(
+                validation["score"],
+                best_score,
+                best_is_start=started and best_step == 0,
+                margin=config.start_margin,
+            )
             stale = 0 if improved else stale + 1
         else:
             improved = True  # without validation the latest model is the best
